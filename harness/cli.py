@@ -1,0 +1,138 @@
+"""`harness` command line: run, validate, ls, plugins, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .api import HarnessError
+
+KIND_OF = {"encoders": "encoder", "datasets": "dataset", "tasks": "task"}
+
+
+def _plugins(args):
+    from .plugins import Plugins
+
+    return Plugins(plugins_dirs=args.plugins_dir or ())
+
+
+def _plan(args, plugins):
+    from .spec import build_plan
+
+    return build_plan(args.spec, plugins, args.override or ())
+
+
+def cmd_validate(args) -> int:
+    plan = _plan(args, _plugins(args))
+    print(f"{args.spec}: OK — {len(plan.units)} units "
+          f"({len(plan.encoders)} encoders × {len(plan.datasets)} datasets × {len(plan.tasks)} tasks, as listed in run)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from . import report
+    from .runner import run_plan
+
+    plan = _plan(args, _plugins(args))  # everything is validated before anything is written
+    out = Path(args.out or plan.output_dir or Path("results") / Path(args.spec).stem)
+    if args.dry_run:
+        print(f"{args.spec}: {len(plan.units)} units -> {out}")
+        for u in plan.units:
+            done = (out / "results" / f"{u.id}.json").is_file()
+            print(f"  {u.id}{'  (result exists)' if done else ''}")
+        return 0
+    t0 = time.perf_counter()
+    results = run_plan(plan, out, force=args.force, show_progress=not args.no_progress,
+                       cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    fresh = len(results) - results.skipped
+    written = report.write_report(out, results, figure=fresh > 0 or not (out / "summary.png").exists())
+    print(report.render(results))
+    print(f"{len(results)} units: {fresh} run, {results.skipped} resumed, {results.failed} failed; "
+          f"{results.forwards} encoder forwards; {time.perf_counter() - t0:.1f} s")
+    print(f"results: {out / 'results'}  report: {written['markdown']}")
+    return 1 if results.failed else 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    results = report.load_results(args.dir)
+    report.write_report(args.dir, results)
+    print(report.render(results, args.format))
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from tabulate import tabulate
+
+    plugins = _plugins(args)
+    table = plugins.registry[KIND_OF[args.kind]]
+    rows = []
+    for name, reg in sorted(table.items()):
+        rows.append([name, reg.origin, reg.description])
+    print(tabulate(rows, headers=["name", "origin", "description"], tablefmt="simple"))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    plugins = _plugins(args)
+    print(json.dumps(plugins.describe(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugins-dir", action="append", metavar="DIR",
+                        help="load every *.py in DIR as a plugin (repeatable)")
+    p = argparse.ArgumentParser(prog="harness", description="partbench: part- and object-awareness of frozen encoders")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def spec_cmd(name, help):
+        sp = sub.add_parser(name, help=help, parents=[common])
+        sp.add_argument("spec", help="YAML spec file")
+        sp.add_argument("-o", "--override", action="append", metavar="KEY=VALUE",
+                        help="override a spec value, e.g. -o tasks.retrieval.options.exclude_self=true")
+        return sp
+
+    r = spec_cmd("run", "run a spec")
+    r.add_argument("--out", help="output directory (default: spec output_dir or results/<spec name>)")
+    r.add_argument("--force", action="store_true", help="recompute units whose results exist")
+    r.add_argument("--dry-run", action="store_true", help="validate and list the units, compute nothing")
+    r.add_argument("--cache-dir", help="feature cache directory (default $HARNESS_CACHE_DIR or ~/.cache/partbench)")
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    r.set_defaults(func=cmd_run)
+    spec_cmd("validate", "validate a spec without computing anything").set_defaults(func=cmd_validate)
+    ls = sub.add_parser("ls", help="list registered encoders, datasets or tasks", parents=[common])
+    ls.add_argument("kind", choices=sorted(KIND_OF))
+    ls.set_defaults(func=cmd_ls)
+    sub.add_parser("plugins", help="loaded plugins as JSON", parents=[common]).set_defaults(func=cmd_plugins)
+    rep = sub.add_parser("report", help="re-render tables from an output directory's result JSON")
+    rep.add_argument("dir")
+    rep.add_argument("--format", default="simple", help="tabulate table format (simple, github, latex, ...)")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "plugins_dir"):
+        args.plugins_dir = None
+    # plugin load problems are shown as one line each, not as Python warnings with source lines
+    warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Plugin loading (entry points, --plugins-dir) and the registries the hooks fill."""
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pluggy
+
+from . import hookspecs
+from .api import Dataset, Encoder, HarnessError, Registration, Task
+
+GROUP = "harness"
+KINDS = {"encoder": Encoder, "dataset": Dataset, "task": Task}
+_HOOKS = {"encoder": "register_encoders", "dataset": "register_datasets", "task": "register_tasks"}
+
+
+class PluginLoadWarning(UserWarning):
+    pass
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class Plugins:
+    """A plugin manager plus the name -> Registration tables for each kind."""
+
+    def __init__(self, plugins_dirs=(), strict: bool | None = None, allow: list[str] | None = None):
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.strict = os.environ.get("HARNESS_STRICT_PLUGINS") == "1" if strict is None else strict
+        env_allow = os.environ.get("HARNESS_LOAD_PLUGINS")
+        self.allow = allow if allow is not None else (
+            [a.strip() for a in env_allow.split(",") if a.strip()] if env_allow else None)
+        self.origins: dict[object, str] = {}
+        self.errors: list[str] = []
+        self._load_entry_points()
+        for d in plugins_dirs:
+            self._load_dir(Path(d))
+        self.pm.check_pending()  # a misspelled hook implementation fails loudly here
+        self.registry: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
+        self._collect()
+
+    # -- loading -----------------------------------------------------------------------------
+    def _fail(self, what: str, exc: BaseException) -> None:
+        msg = f"plugin {what} failed to load: {type(exc).__name__}: {exc}"
+        if self.strict:
+            raise HarnessError(msg) from exc
+        self.errors.append(msg)
+        warnings.warn(msg, PluginLoadWarning, stacklevel=3)
+
+    def _register(self, module, origin: str) -> None:
+        if self.pm.is_registered(module):
+            return
+        self.pm.register(module, name=origin)
+        self.origins[module] = origin
+
+    def _load_entry_points(self) -> None:
+        # One entry point at a time, so one broken third-party plugin cannot take the CLI down.
+        for ep in importlib.metadata.entry_points(group=GROUP):
+            if self.allow is not None and ep.name not in self.allow:
+                continue
+            dist = ep.dist.name if ep.dist is not None else "?"
+            what = f"'{ep.name}' (distribution {dist})"
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001 - isolate any plugin failure
+                self._fail(what, exc)
+                continue
+            self._register(module, f"{dist}:{ep.name}")
+
+    def _load_dir(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise HarnessError(f"--plugins-dir {folder}: not a directory")
+        for path in sorted(folder.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            if self.allow is not None and path.stem not in self.allow:
+                continue
+            mod_name = f"harness_local_plugins.{path.stem}"
+            try:
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+            except Exception as exc:  # noqa: BLE001
+                sys.modules.pop(mod_name, None)
+                self._fail(f"file {path}", exc)
+                continue
+            self._register(module, f"file:{path}")
+
+    # -- registration ------------------------------------------------------------------------
+    def _collect(self) -> None:
+        for kind, hook_name in _HOOKS.items():
+            hook = getattr(self.pm.hook, hook_name)
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                origin = self.pm.get_name(impl.plugin) or "?"
+                impl.function(register=self._make_register(kind, origin))
+
+    def _make_register(self, kind: str, origin: str):
+        base = KINDS[kind]
+        table = None
+
+        def register(name: str, cls: type, description: str | None = None) -> None:
+            nonlocal table
+            table = self.registry[kind]
+            if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+                raise HarnessError(f"{origin}: invalid {kind} name {name!r} (letters, digits, _ and - only)")
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise HarnessError(f"{origin}: {kind} '{name}' must be a subclass of harness.{base.__name__}")
+            if name in table:
+                raise HarnessError(
+                    f"{origin}: duplicate {kind} name '{name}' (already registered by {table[name].origin})")
+            desc = description or (cls.description or (cls.__doc__ or "").strip().split("\n")[0])
+            table[name] = Registration(kind, name, cls, origin, desc)
+
+        return register
+
+    # -- lookup --------------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Registration:
+        table = self.registry[kind]
+        if name not in table:
+            raise KeyError(f"unknown {kind} '{name}'{did_you_mean(name, table)}")
+        return table[name]
+
+    def describe(self) -> list[dict]:
+        """For `harness plugins`: each loaded plugin module with its hooks and version."""
+        out = []
+        for module, origin in self.origins.items():
+            dist = origin.split(":", 1)[0]
+            try:
+                version = importlib.metadata.version(dist) if not origin.startswith("file:") else None
+            except importlib.metadata.PackageNotFoundError:
+                version = None
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
+            out.append({"name": origin, "hooks": hooks, "version": version})
+        return out

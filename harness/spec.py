@@ -1,0 +1,294 @@
+"""YAML experiment specs: include/merge, ${ENV} references, -o overrides, validation into a Plan.
+
+Merge semantics of ``include:`` (a path or a list of paths, relative to the including file):
+included files are merged first, in order, then the including file on top. Mappings merge key by key,
+recursively; lists and scalars replace. A key set to ``null`` in the including file removes it.
+Everything is validated before any computation; every problem is one ``SpecError`` line naming the
+spec file and the key.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .api import REQUIRED, Option, SpecError
+from .plugins import Plugins, did_you_mean
+
+TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
+            "output_dir", "cache_dir"}
+ENTRY_KEYS = {"plugin", "options"}
+SECTIONS = {"encoders": "encoder", "datasets": "dataset", "tasks": "task"}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute_env(node: Any, where: str, key: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, where, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, where, f"{key}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def repl(m: re.Match) -> str:
+            val = os.environ.get(m.group(1))
+            if val is None:
+                if m.group(2) is None:
+                    raise SpecError(f"{where}: {key}: environment variable {m.group(1)} is not set "
+                                    f"(set it, or write ${{{m.group(1)}:-default}})")
+                return os.path.expanduser(m.group(2))
+            return val
+
+        return _ENV.sub(repl, node)
+    return node
+
+
+def merge(base: Any, top: Any) -> Any:
+    """Recursive mapping merge; lists and scalars in ``top`` replace; ``None`` deletes."""
+    if isinstance(base, dict) and isinstance(top, dict):
+        out = dict(base)
+        for k, v in top.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = merge(out.get(k), v)
+        return out
+    return copy.deepcopy(top)
+
+
+def _read_yaml(path: Path, stack: tuple = ()) -> dict:
+    if path.resolve() in stack:
+        raise SpecError(f"{path}: include cycle: {' -> '.join(str(p) for p in stack + (path.resolve(),))}")
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec must be a YAML mapping, got {type(data).__name__}")
+    data = _substitute_env(data, str(path))
+    includes = data.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise SpecError(f"{path}: include: expected a path or a list of paths")
+    merged: dict = {}
+    for inc in includes:
+        merged = merge(merged, _read_yaml(path.parent / inc, stack + (path.resolve(),)))
+    return merge(merged, data)
+
+
+def apply_override(data: dict, assignment: str, where: str) -> None:
+    """``-o encoders.vit.options.depth=4``: the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise SpecError(f"{where}: override '{assignment}': expected path.to.key=value")
+    path, raw = assignment.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise SpecError(f"{where}: override '{assignment}': empty key path")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def load_raw(path: str | os.PathLike, overrides=()) -> dict:
+    path = Path(path)
+    data = _read_yaml(path)
+    for o in overrides:
+        apply_override(data, o, f"{path} (-o)")
+    return data
+
+
+def _type_name(t: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            list: "a list", dict: "a mapping"}.get(t, t.__name__)
+
+
+def check_option(opt: Option, value: Any, where: str) -> Any:
+    if value is None and opt.nullable:
+        return None
+    t = opt.type
+    ok = isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
+    if t is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise SpecError(f"{where}: expected {_type_name(t)}, got {type(value).__name__} {value!r}")
+    if opt.choices is not None and value not in opt.choices:
+        raise SpecError(f"{where}: {value!r} is not one of {list(opt.choices)}"
+                        + (did_you_mean(value, [str(c) for c in opt.choices]) if isinstance(value, str) else ""))
+    if opt.path is not None:
+        value = os.path.expanduser(str(value))
+        p = Path(value)
+        if opt.must_exist:
+            if not p.exists():
+                raise SpecError(f"{where}: {opt.path if opt.path != 'any' else 'path'} not found: {value}")
+            if opt.path == "file" and not p.is_file():
+                raise SpecError(f"{where}: expected a file, got a directory: {value}")
+            if opt.path == "dir" and not p.is_dir():
+                raise SpecError(f"{where}: expected a directory: {value}")
+    if opt.check is not None:
+        msg = opt.check(value)
+        if msg:
+            raise SpecError(f"{where}: {msg} (got {value!r})")
+    return value
+
+
+def validate_options(schema: dict[str, Option], given: Any, where: str) -> dict:
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise SpecError(f"{where}: expected a mapping of options, got {type(given).__name__}")
+    for k in given:
+        if k not in schema:
+            known = ", ".join(sorted(schema)) or "none"
+            raise SpecError(f"{where}.{k}: unknown option{did_you_mean(k, schema)} (known: {known})")
+    out = {}
+    for k, opt in schema.items():
+        if k in given:
+            out[k] = check_option(opt, given[k], f"{where}.{k}")
+        elif opt.default is REQUIRED:
+            raise SpecError(f"{where}.{k}: missing required option ({opt.help or _type_name(opt.type)})")
+        else:
+            out[k] = copy.deepcopy(opt.default)
+    return out
+
+
+@dataclass
+class Unit:
+    encoder: str
+    dataset: str
+    task: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}__{self.dataset}__{self.encoder}"
+
+
+@dataclass
+class Plan:
+    path: Path
+    raw: dict
+    encoders: dict
+    datasets: dict
+    tasks: dict
+    units: list[Unit]
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str | None = None
+    cache_dir: str | None = None
+    config: dict = field(default_factory=dict)
+
+    def unit_config(self, unit: Unit) -> dict:
+        c = self.config
+        return {"encoder": {"name": unit.encoder, **c["encoders"][unit.encoder]},
+                "dataset": {"name": unit.dataset, **c["datasets"][unit.dataset]},
+                "task": {"name": unit.task, **c["tasks"][unit.task]},
+                "seed": self.seed}
+
+
+def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
+    path = Path(path)
+    where = str(path)
+    raw = load_raw(path, overrides)
+    for k in raw:
+        if k not in TOP_KEYS:
+            raise SpecError(f"{where}: {k}: unknown top-level key{did_you_mean(k, TOP_KEYS)}")
+    config: dict = {}
+    instances: dict = {}
+    for section, kind in SECTIONS.items():
+        entries = raw.get(section) or {}
+        if not isinstance(entries, dict) or not entries:
+            raise SpecError(f"{where}: {section}: expected a non-empty mapping of name -> {{plugin, options}}")
+        config[section], instances[section] = {}, {}
+        for name, entry in entries.items():
+            key = f"{section}.{name}"
+            entry = {} if entry is None else entry
+            if not isinstance(entry, dict):
+                raise SpecError(f"{where}: {key}: expected a mapping with 'plugin' and 'options'")
+            for k in entry:
+                if k not in ENTRY_KEYS:
+                    raise SpecError(f"{where}: {key}.{k}: unknown key{did_you_mean(k, ENTRY_KEYS)} "
+                                    "(an entry has 'plugin' and 'options')")
+            plugin_name = entry.get("plugin", name)
+            try:
+                reg = plugins.get(kind, str(plugin_name))
+            except KeyError as exc:
+                raise SpecError(f"{where}: {key}.plugin: {exc.args[0]}") from None
+            opts = validate_options(reg.cls.option_schema(), entry.get("options"), f"{where}: {key}.options")
+            try:
+                obj = reg.cls(str(name), **opts)
+            except (ValueError, TypeError) as exc:
+                raise SpecError(f"{where}: {key}.options: {exc}") from None
+            obj.plugin_name = reg.name
+            instances[section][name] = obj
+            config[section][name] = {"plugin": reg.name, "origin": reg.origin, "options": opts}
+    units = _expand_runs(raw.get("run"), instances, where)
+    for u in units:
+        enc, ds, task = instances["encoders"][u.encoder], instances["datasets"][u.dataset], instances["tasks"][u.task]
+        try:
+            task.check(enc, ds)
+        except ValueError as exc:
+            raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SpecError(f"{where}: seed: expected an integer, got {seed!r}")
+    device = raw.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise SpecError(f"{where}: device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    for k in ("output_dir", "cache_dir"):
+        if k in raw and not isinstance(raw[k], str):
+            raise SpecError(f"{where}: {k}: expected a path string")
+    return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
+                device, raw.get("output_dir"), raw.get("cache_dir"), config)
+
+
+def _expand_runs(runs: Any, instances: dict, where: str) -> list[Unit]:
+    if runs is None:
+        runs = [{}]
+    if isinstance(runs, dict):
+        runs = [runs]
+    if not isinstance(runs, list):
+        raise SpecError(f"{where}: run: expected a list of {{encoders, datasets, tasks}} blocks")
+    units, seen = [], set()
+    for i, block in enumerate(runs):
+        if not isinstance(block, dict):
+            raise SpecError(f"{where}: run[{i}]: expected a mapping with encoders/datasets/tasks lists")
+        picked = {}
+        for section in SECTIONS:
+            names = block.get(section, list(instances[section]))
+            if isinstance(names, str):
+                names = [names]
+            if not isinstance(names, list):
+                raise SpecError(f"{where}: run[{i}].{section}: expected a list of names")
+            for n in names:
+                if n not in instances[section]:
+                    raise SpecError(f"{where}: run[{i}].{section}: '{n}' is not defined in {section}"
+                                    f"{did_you_mean(str(n), instances[section])}")
+            picked[section] = names
+        for k in block:
+            if k not in SECTIONS:
+                raise SpecError(f"{where}: run[{i}].{k}: unknown key{did_you_mean(k, SECTIONS)}")
+        # dataset-major, then encoder: each encoder loads once per dataset, features are reused by tasks
+        for d in picked["datasets"]:
+            for e in picked["encoders"]:
+                for t in picked["tasks"]:
+                    u = Unit(e, d, t)
+                    if u.id not in seen:
+                        seen.add(u.id)
+                        units.append(u)
+    if not units:
+        raise SpecError(f"{where}: run: the plan has no units")
+    return units

@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TESTS = Path(__file__).resolve().parent
+TOY_PLUGINS = TESTS / "toy_plugins"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own feature cache; nothing touches ~/.cache."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("HARNESS_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("HARNESS_STRICT_PLUGINS", raising=False)
+
+
+@pytest.fixture
+def toy_plugins():
+    """A plugin manager with only the toy plugins (no built-ins): core tests stay independent of them."""
+    from harness.plugins import Plugins
+
+    return Plugins(plugins_dirs=[TOY_PLUGINS], allow=["toy"])

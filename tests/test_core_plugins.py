@@ -1,0 +1,130 @@
+"""Plugin manager: entry points, isolation of broken plugins, strict mode, duplicates, check_pending,
+whitelist and --plugins-dir."""
+import textwrap
+import warnings
+
+import pytest
+
+from harness import HarnessError
+from harness.plugins import PluginLoadWarning, Plugins
+
+from conftest import TOY_PLUGINS
+
+
+def test_builtins_load_through_entry_points():
+    import importlib.metadata
+
+    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group="harness")}
+    assert "baselines" in eps and eps["baselines"].value.startswith("partbench_plugins.")
+    assert all(ep.dist.name == "partbench" for name, ep in eps.items() if ep.value.startswith("partbench_plugins."))
+    p = Plugins(allow=["baselines"])
+    assert {"random_vit", "pixels"} <= set(p.registry["encoder"])
+    assert p.registry["encoder"]["random_vit"].origin == "partbench:baselines"
+
+
+def test_plugins_folder_is_not_installed_as_generic_plugins_module():
+    import importlib.util
+
+    assert importlib.util.find_spec("plugins") is None or "partbench" not in str(
+        importlib.util.find_spec("plugins").origin or "")
+
+
+def test_whitelist_limits_entry_points(monkeypatch):
+    monkeypatch.setenv("HARNESS_LOAD_PLUGINS", "baselines")
+    p = Plugins()
+    assert set(p.registry["encoder"]) == {"random_vit", "pixels"}
+    assert p.registry["task"] == {}
+
+
+def test_plugins_dir_loads_loose_files(toy_plugins):
+    assert toy_plugins.registry["encoder"]["toy_stats"].origin.startswith("file:")
+    assert "toy_colours" in toy_plugins.registry["dataset"]
+    assert "toy_centroid" in toy_plugins.registry["task"]
+
+
+def _write(tmp_path, name, body):
+    d = tmp_path / "plugs"
+    d.mkdir(exist_ok=True)
+    (d / f"{name}.py").write_text(textwrap.dedent(body))
+    return d
+
+
+BROKEN = "raise ImportError('this plugin is broken on purpose')\n"
+
+
+def test_broken_plugin_is_isolated_with_a_warning(tmp_path):
+    d = _write(tmp_path, "broken", BROKEN)
+    with pytest.warns(PluginLoadWarning, match=r"broken\.py.*ImportError: this plugin is broken on purpose"):
+        p = Plugins(plugins_dirs=[TOY_PLUGINS, d], allow=["toy", "broken"])
+    assert "toy_stats" in p.registry["encoder"]  # the others still load
+
+
+def test_broken_plugin_is_fatal_in_strict_mode(tmp_path, monkeypatch):
+    d = _write(tmp_path, "broken", BROKEN)
+    monkeypatch.setenv("HARNESS_STRICT_PLUGINS", "1")
+    with pytest.raises(HarnessError, match="broken.py failed to load"):
+        Plugins(plugins_dirs=[d], allow=["broken"])
+
+
+def test_duplicate_names_are_rejected(tmp_path):
+    d = _write(tmp_path, "dup", """
+        from harness import hookimpl
+        from harness_local_plugins.toy import ToyStats
+        @hookimpl
+        def register_encoders(register):
+            register("toy_stats", ToyStats)
+        """)
+    with pytest.raises(HarnessError, match="duplicate encoder name 'toy_stats'"):
+        Plugins(plugins_dirs=[TOY_PLUGINS, d], allow=["toy", "dup"])
+
+
+def test_registering_a_non_encoder_class_is_rejected(tmp_path):
+    d = _write(tmp_path, "wrongtype", """
+        from harness import hookimpl
+        @hookimpl
+        def register_encoders(register):
+            register("nope", dict)
+        """)
+    with pytest.raises(HarnessError, match="must be a subclass of harness.Encoder"):
+        Plugins(plugins_dirs=[d], allow=["wrongtype"])
+
+
+def test_check_pending_catches_misspelled_hook(tmp_path):
+    import pluggy
+
+    d = _write(tmp_path, "typo", """
+        from harness import hookimpl
+        @hookimpl
+        def register_encoder(register):  # missing the final 's'
+            pass
+        """)
+    with pytest.raises(pluggy.PluginValidationError, match="register_encoder"):
+        Plugins(plugins_dirs=[d], allow=["typo"])
+
+
+def test_did_you_mean_on_lookup(toy_plugins):
+    with pytest.raises(KeyError, match="did you mean 'toy_stats'"):
+        toy_plugins.get("encoder", "toy_stat")
+
+
+def test_describe_lists_hooks_and_versions(toy_plugins):
+    p = Plugins(plugins_dirs=[TOY_PLUGINS], allow=["toy", "baselines"])
+    desc = {d["name"]: d for d in p.describe()}
+    assert desc["partbench:baselines"]["hooks"] == ["register_encoders"]
+    assert desc["partbench:baselines"]["version"]
+    toy = next(v for k, v in desc.items() if k.startswith("file:"))
+    assert toy["hooks"] == ["register_datasets", "register_encoders", "register_tasks"]
+
+
+# Meta-tests in the datasette style: one test per hook, named test_hook_<hook>.
+def test_hook_register_encoders(toy_plugins):
+    reg = toy_plugins.registry["encoder"]["toy_stats"]
+    assert reg.kind == "encoder" and reg.description
+
+
+def test_hook_register_datasets(toy_plugins):
+    assert toy_plugins.registry["dataset"]["toy_colours"].cls.__name__ == "ToyColours"
+
+
+def test_hook_register_tasks(toy_plugins):
+    assert toy_plugins.registry["task"]["toy_centroid"].cls.headline == ("acc",)

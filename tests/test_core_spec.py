@@ -1,0 +1,137 @@
+"""Spec loading and validation: every bad input is one line naming the spec file and key, exit 2,
+and nothing is written to the output directory."""
+import textwrap
+
+import pytest
+
+from harness.cli import main
+from harness.spec import build_plan, load_raw, merge
+
+from conftest import TOY_PLUGINS
+
+GOOD = """
+encoders:
+  stats: {plugin: toy_stats}
+datasets:
+  colours: {plugin: toy_colours, options: {n: 6}}
+tasks:
+  centroid: {plugin: toy_centroid}
+"""
+
+
+def _spec(tmp_path, text, name="spec.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def _cli(args, capsys, monkeypatch):
+    monkeypatch.setenv("HARNESS_LOAD_PLUGINS", "toy")
+    code = main([*args, "--plugins-dir", str(TOY_PLUGINS)])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+BAD = [
+    ("misspelled encoder plugin", GOOD.replace("plugin: toy_stats", "plugin: toy_stat"),
+     r"spec\.yaml: encoders\.stats\.plugin: unknown encoder 'toy_stat'; did you mean 'toy_stats'\?"),
+    ("unknown option", GOOD.replace("{n: 6}", "{n: 6, sede: 3}"),
+     r"spec\.yaml: datasets\.colours\.options\.sede: unknown option; did you mean 'seed'\?"),
+    ("wrong type", GOOD.replace("{n: 6}", "{n: six}"),
+     r"datasets\.colours\.options\.n: expected an integer, got str 'six'"),
+    ("bad choice", GOOD.replace("{plugin: toy_centroid}", "{plugin: toy_centroid, options: {representation: clss}}"),
+     r"tasks\.centroid\.options\.representation: 'clss' is not one of .*did you mean 'cls'\?"),
+    ("unknown top-level key", GOOD + "sed: 1\n", r"spec\.yaml: sed: unknown top-level key; did you mean 'seed'\?"),
+    ("run names undefined", GOOD + "run: [{encoders: [stat]}]\n",
+     r"run\[0\]\.encoders: 'stat' is not defined in encoders; did you mean 'stats'\?"),
+    ("env var unset", GOOD.replace("{n: 6}", "{n: 6, root: '${PARTBENCH_TEST_UNSET_VAR}'}"),
+     r"datasets\.colours\.options\.root: environment variable PARTBENCH_TEST_UNSET_VAR is not set"),
+    ("invalid yaml", "encoders: [\n", r"spec\.yaml: line \d+: invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("label,text,pattern", BAD, ids=[b[0] for b in BAD])
+def test_bad_spec_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, label, text, pattern):
+    import re
+
+    spec = _spec(tmp_path, text)
+    out = tmp_path / "out"
+    code, stdout, err = _cli(["run", str(spec), "--out", str(out)], capsys, monkeypatch)
+    assert code == 2
+    lines = [l for l in err.strip().splitlines() if not l.startswith("warning:")]
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not out.exists()
+
+
+def test_missing_path_option(tmp_path, monkeypatch, capsys):
+    # toy_colours.root is a dir option that need not exist; a required existing path is checked via
+    # the Option machinery directly here.
+    from harness import Option, SpecError
+    from harness.spec import check_option
+
+    with pytest.raises(SpecError, match=r"spec\.yaml: x\.ckpt: file not found: /nonexistent/a\.pth"):
+        check_option(Option(str, path="file"), "/nonexistent/a.pth", "spec.yaml: x.ckpt")
+    d = tmp_path / "d"
+    d.mkdir()
+    with pytest.raises(SpecError, match="expected a file, got a directory"):
+        check_option(Option(str, path="file"), str(d), "w")
+
+
+def test_missing_required_option():
+    from harness import REQUIRED, Option, SpecError
+    from harness.spec import validate_options
+
+    with pytest.raises(SpecError, match=r"w\.root: missing required option \(dataset root\)"):
+        validate_options({"root": Option(str, REQUIRED, "dataset root")}, {}, "w")
+
+
+def test_task_check_error_names_the_unit(tmp_path, toy_plugins):
+    from harness import SpecError
+    from harness.plugins import Plugins
+
+    spec = _spec(tmp_path, GOOD.replace("{plugin: toy_centroid}", "{plugin: toy_centroid, options: {split: all}}"))
+    build_plan(spec, toy_plugins)  # fine
+
+    class NoTokens(toy_plugins.registry["encoder"]["toy_stats"].cls):
+        representations = ("cls",)
+
+    toy_plugins.registry["encoder"]["toy_stats"].cls = NoTokens
+    spec2 = _spec(tmp_path, GOOD.replace("{plugin: toy_centroid}",
+                                         "{plugin: toy_centroid, options: {representation: mean_patch}}"), "s2.yaml")
+    with pytest.raises(SpecError, match=r"s2\.yaml: tasks\.centroid on encoder 'stats', dataset 'colours': "
+                                        r"encoder has no 'mean_patch'"):
+        build_plan(spec2, toy_plugins)
+
+
+def test_include_merge_env_and_overrides(tmp_path, monkeypatch):
+    base = _spec(tmp_path, GOOD + "seed: 1\n", "base.yaml")
+    monkeypatch.setenv("PB_N", "9")
+    top = _spec(tmp_path, """
+        include: base.yaml
+        datasets:
+          colours: {options: {n: '${PB_N}', seed: '${PB_MISSING:-4}'}}
+        tasks:
+          centroid: null
+          other: {plugin: toy_centroid}
+        """, "top.yaml")
+    raw = load_raw(top, ["seed=7", "encoders.stats.options.fail=true"])
+    assert raw["seed"] == 7
+    assert raw["datasets"]["colours"] == {"plugin": "toy_colours", "options": {"n": "9", "seed": "4"}}
+    assert set(raw["tasks"]) == {"other"}  # null deletes an included key
+    assert raw["encoders"]["stats"]["options"] == {"fail": True}
+    assert merge({"a": [1, 2], "b": {"c": 1}}, {"a": [3], "b": {"d": 2}}) == {"a": [3], "b": {"c": 1, "d": 2}}
+
+
+def test_include_cycle_is_reported(tmp_path):
+    from harness import SpecError
+
+    _spec(tmp_path, "include: b.yaml\n", "a.yaml")
+    _spec(tmp_path, "include: a.yaml\n", "b.yaml")
+    with pytest.raises(SpecError, match="include cycle"):
+        load_raw(tmp_path / "a.yaml")
+
+
+def test_validate_command_ok(tmp_path, capsys, monkeypatch):
+    code, out, err = _cli(["validate", str(_spec(tmp_path, GOOD))], capsys, monkeypatch)
+    assert code == 0 and "OK" in out and "1 units" in out
