@@ -1,0 +1,65 @@
+"""CLI: ls, plugins, report, dry-run, and the one-line errors."""
+import json
+import textwrap
+
+from harness.cli import main
+
+from conftest import TOY_PLUGINS
+
+
+def _run(args, capsys, monkeypatch, allow="toy"):
+    monkeypatch.setenv("HARNESS_LOAD_PLUGINS", allow)
+    code = main([*args, "--plugins-dir", str(TOY_PLUGINS)] if args[0] not in ("report",) else args)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+SPEC = """
+encoders: {stats: {plugin: toy_stats}}
+datasets: {colours: {plugin: toy_colours, options: {n: 6}}}
+tasks: {centroid: {plugin: toy_centroid}}
+"""
+
+
+def test_ls_shows_name_origin_description(capsys, monkeypatch):
+    code, out, _ = _run(["ls", "encoders"], capsys, monkeypatch, allow="toy,baselines")
+    assert code == 0
+    rows = {l.split()[0]: l for l in out.splitlines()[2:]}
+    assert "partbench:baselines" in rows["random_vit"]
+    assert "file:" in rows["toy_stats"] and "Per-patch colour statistics" in rows["toy_stats"]
+
+
+def test_plugins_json(capsys, monkeypatch):
+    code, out, _ = _run(["plugins"], capsys, monkeypatch)
+    data = json.loads(out)
+    assert code == 0 and data[0]["hooks"] == ["register_datasets", "register_encoders", "register_tasks"]
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    code, out, _ = _run(["run", str(spec), "--out", str(tmp_path / "o"), "--dry-run"], capsys, monkeypatch)
+    assert code == 0 and "centroid__colours__stats" in out and not (tmp_path / "o").exists()
+
+
+def test_run_then_report_rerenders_tables_csv_json_png(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    code, out, _ = _run(["run", str(spec), "--out", str(tmp_path / "o"), "--no-progress"], capsys, monkeypatch)
+    assert code == 0 and "acc" in out and "1 units: 1 run, 0 resumed, 0 failed; 6 encoder forwards" in out
+    for f in ("report.md", "results.csv", "summary.json", "summary.png"):
+        assert (tmp_path / "o" / f).is_file(), f
+    (tmp_path / "o/report.md").unlink()
+    code, out, _ = _run(["report", str(tmp_path / "o"), "--format", "github"], capsys, monkeypatch)
+    assert code == 0 and "| colours   | stats     |" in out and (tmp_path / "o/report.md").is_file()
+    assert "task,dataset,encoder,metric,value,status" in (tmp_path / "o/results.csv").read_text()
+
+
+def test_report_on_a_non_output_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    code, out, err = _run(["report", str(tmp_path)], capsys, monkeypatch)
+    assert code == 1 and err.strip().count("\n") == 0 and "no results/ folder" in err
+
+
+def test_validate_missing_spec_file(tmp_path, capsys, monkeypatch):
+    code, _, err = _run(["validate", str(tmp_path / "nope.yaml")], capsys, monkeypatch)
+    assert code == 2 and "nope.yaml: spec file not found" in err
