@@ -47,10 +47,19 @@ def tables(results: list[dict]) -> "OrderedDict[str, tuple[list[str], list[list]
             for m in (r.get("headline") or list(r.get("metrics", {}))):
                 if m not in metrics:
                     metrics.append(m)
-        header = ["dataset", "encoder", *metrics, "status"]
+        # a "(paper)" column right after each metric that has published reference numbers
+        with_ref = {m for r in rs for m in (r.get("reference") or {}) if m in metrics}
+        header = ["dataset", "encoder"]
+        for m in metrics:
+            header += [m, f"{m} (paper)"] if m in with_ref else [m]
+        header.append("status")
         rows = []
         for r in sorted(rs, key=lambda r: (r["dataset"], r["encoder"])):
-            vals = [_fmt(r.get("metrics", {}).get(m, "")) for m in metrics]
+            vals = []
+            for m in metrics:
+                vals.append(_fmt(r.get("metrics", {}).get(m, "")))
+                if m in with_ref:
+                    vals.append(_fmt((r.get("reference") or {}).get(m, "")))
             status = r["status"] if r["status"] == "ok" else f"FAILED: {r.get('error', '')[:60]}"
             rows.append([r["dataset"], r["encoder"], *vals, status])
         out[task] = (header, rows)

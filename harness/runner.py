@@ -253,12 +253,13 @@ def run_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, show_p
                 prev = None
             if prev and prev.get("status") == "ok" and prev.get("config_hash") == chash:
                 log(f"[{i}/{len(plan.units)}] {unit.id}: done earlier, skipped (use --force to recompute)")
+                prev["reference"] = plan.unit_reference(unit)  # reference numbers may be edited freely
                 results.append(prev)
                 results.skipped += 1
                 continue
         log(f"[{i}/{len(plan.units)}] {unit.id}: running")
         result = _run_unit(plan, unit, cfg, chash, out, device, cache, loaded, prepared, show_progress)
-        result.update(versions=versions, git_revision=rev, spec=str(plan.path))
+        result.update(versions=versions, git_revision=rev, spec=str(plan.path), reference=plan.unit_reference(unit))
         write_json_atomic(res_path, result)
         results.append(result)
         results.forwards += result["forwards"]

@@ -21,7 +21,7 @@ from .api import REQUIRED, Option, SpecError
 from .plugins import Plugins, did_you_mean
 
 TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
-            "output_dir", "cache_dir"}
+            "output_dir", "cache_dir", "reference"}
 ENTRY_KEYS = {"plugin", "options"}
 SECTIONS = {"encoders": "encoder", "datasets": "dataset", "tasks": "task"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -190,6 +190,11 @@ class Plan:
     output_dir: str | None = None
     cache_dir: str | None = None
     config: dict = field(default_factory=dict)
+    #: published numbers to show beside ours: {task: {dataset: {encoder: {metric: value}}}}
+    reference: dict = field(default_factory=dict)
+
+    def unit_reference(self, unit: Unit) -> dict:
+        return self.reference.get(unit.task, {}).get(unit.dataset, {}).get(unit.encoder, {})
 
     def unit_config(self, unit: Unit) -> dict:
         c = self.config
@@ -251,8 +256,33 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
     for k in ("output_dir", "cache_dir"):
         if k in raw and not isinstance(raw[k], str):
             raise SpecError(f"{where}: {k}: expected a path string")
+    reference = _check_reference(raw.get("reference"), instances, where)
     return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
-                device, raw.get("output_dir"), raw.get("cache_dir"), config)
+                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference)
+
+
+def _check_reference(ref: Any, instances: dict, where: str) -> dict:
+    """``reference: {task: {dataset: {encoder: {metric: number}}}}`` with names defined in the spec."""
+    if ref is None:
+        return {}
+    levels = [("tasks", "task"), ("datasets", "dataset"), ("encoders", "encoder")]
+
+    def walk(node, depth, key):
+        if not isinstance(node, dict):
+            raise SpecError(f"{where}: {key}: expected a mapping")
+        for name, sub in node.items():
+            k = f"{key}.{name}"
+            if depth < 3:
+                section = levels[depth][0]
+                if name not in instances[section]:
+                    raise SpecError(f"{where}: {k}: '{name}' is not defined in {section}"
+                                    f"{did_you_mean(str(name), instances[section])}")
+                walk(sub, depth + 1, k)
+            elif not isinstance(sub, (int, float)) or isinstance(sub, bool):
+                raise SpecError(f"{where}: {k}: expected a number, got {sub!r}")
+
+    walk(ref, 0, "reference")
+    return ref
 
 
 def _expand_runs(runs: Any, instances: dict, where: str) -> list[Unit]:

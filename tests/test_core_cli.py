@@ -63,3 +63,20 @@ def test_report_on_a_non_output_dir_is_one_line(tmp_path, capsys, monkeypatch):
 def test_validate_missing_spec_file(tmp_path, capsys, monkeypatch):
     code, _, err = _run(["validate", str(tmp_path / "nope.yaml")], capsys, monkeypatch)
     assert code == 2 and "nope.yaml: spec file not found" in err
+
+
+def test_reference_numbers_shown_beside_ours(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC + "reference: {centroid: {colours: {stats: {acc: 12.5}}}}\n")
+    code, out, _ = _run(["run", str(spec), "--out", str(tmp_path / "o"), "--no-progress"], capsys, monkeypatch)
+    assert code == 0
+    header = next(l for l in out.splitlines() if l.startswith("dataset"))
+    assert header.split() == ["dataset", "encoder", "acc", "acc", "(paper)", "status"]
+    assert "12.50" in out
+
+
+def test_reference_names_are_validated(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC + "reference: {centroid: {colours: {stat: {acc: 12.5}}}}\n")
+    code, _, err = _run(["validate", str(spec)], capsys, monkeypatch)
+    assert code == 2 and "reference.centroid.colours.stat: 'stat' is not defined in encoders; did you mean 'stats'?" in err
