@@ -1,0 +1,219 @@
+"""Shared helpers of the dataset plugins: strict text/image readers, the official part-crop rule and
+the lazily-decoding Samples used by every crop-based dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from harness import HarnessError, Samples
+
+# The official code keeps a keypoint when 20 < d_min/2 < 1000 (pr_patch_retrieval.py / moco/loader.py).
+MIN_HALF_DIST = 20.0
+MAX_HALF_DIST = 1000.0
+_NO_OTHER = 999999.0  # the official stand-in for "no other kept keypoint" (dist == 0 -> 999999)
+
+
+def expand(path) -> Path:
+    return Path(os.path.expanduser(os.path.expandvars(str(path))))
+
+
+def need_file(path: Path, what: str = "") -> Path:
+    if not path.is_file():
+        raise HarnessError(f"{path}: file not found{(' (' + what + ')') if what else ''}")
+    return path
+
+
+def need_dir(path: Path, what: str = "") -> Path:
+    if not path.is_dir():
+        raise HarnessError(f"{path}: directory not found{(' (' + what + ')') if what else ''}")
+    return path
+
+
+def read_rows(path: Path, fields: Sequence[type], rest: bool = False) -> Iterator[tuple[int, list]]:
+    """Yield (line number, parsed fields) of a whitespace-separated text file, skipping blank lines.
+
+    ``fields`` are converters for the leading columns; with ``rest`` the remaining text of the line
+    (joined by single spaces, as the official code does for ``parts.txt``) is appended as a string.
+    Any deviation raises a one-line HarnessError naming the file and line.
+    """
+    need_file(path)
+    names = ", ".join(t.__name__ for t in fields) + (", name" if rest else "")
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            n = len(fields)
+            if len(parts) < n + (1 if rest else 0) or (not rest and len(parts) != n):
+                raise HarnessError(f"{path}:{lineno}: malformed line {line.strip()!r} (expected: {names})")
+            try:
+                vals = [t(p) for t, p in zip(fields, parts)]
+            except ValueError:
+                raise HarnessError(
+                    f"{path}:{lineno}: malformed line {line.strip()!r} (expected: {names})") from None
+            if rest:
+                vals.append(" ".join(parts[n:]))
+            yield lineno, vals
+
+
+def open_rgb(path) -> Image.Image:
+    """Decode an image fully as RGB; a missing or unreadable file is a one-line HarnessError."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise HarnessError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def image_size(path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise HarnessError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def half_distances(points: np.ndarray) -> np.ndarray:
+    """d_min/2 per point, d_min = L2 distance to the nearest *other* point (official rule).
+
+    As in the official code a zero distance (the point itself, or a coincident point) counts as
+    999999, so a point with no distinct neighbour gets 499999.5 and fails the < 1000 test.
+    ``points`` is [K, D] (D = 2 for (x, y); 3 for COCO's official (x, y, annotation id) quirk).
+    """
+    p = np.asarray(points, dtype=np.float64)
+    d = ((p[:, None] - p[None]) ** 2).sum(axis=2) ** 0.5
+    d[d == 0] = _NO_OTHER
+    return d.min(axis=1) / 2
+
+
+def crop_box(x: float, y: float, half_dist: float) -> tuple[int, int, int, int]:
+    """Integer crop box of the official code: half-side round(d_min/4) around (x, y).
+
+    The official code crops ``(x-h, y-h, x+h, y+h)`` with h = round(half_dist) and PIL rounds each
+    coordinate with Python's round(); this returns exactly the box PIL uses.
+    """
+    h = round(half_dist / 2)
+    return (round(x - h), round(y - h), round(x + h), round(y + h))
+
+
+def distance_verdict(half_dist: float) -> str | None:
+    """None if kept, else the summary reason for dropping a keypoint by the distance rule."""
+    if half_dist >= _NO_OTHER / 2:
+        return "dropped_no_other_keypoint"
+    if half_dist <= MIN_HALF_DIST:
+        return "dropped_too_close"
+    if half_dist >= MAX_HALF_DIST:
+        return "dropped_too_far"
+    return None
+
+
+def box_outside(box, size) -> str | None:
+    """Summary counter for a crop box relative to a (w, h) image: None if fully inside."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if not (0 <= cx < w and 0 <= cy < h):
+        return "kept_centre_outside_image"
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        return "kept_crop_partly_outside_image"
+    return None
+
+
+class CropSamples(Samples):
+    """Items that are boxes on source images. ``image(i)`` decodes the source lazily (the last few
+    decoded sources are kept in a small LRU cache, so consecutive crops of one image decode it once)
+    and crops the box with PIL, which fills the area outside the image with black."""
+
+    CACHE = 4
+
+    def __init__(self, keys, labels, classes, summary, paths: Sequence[str], path_index, boxes):
+        super().__init__(keys, labels, classes, summary)
+        self.paths = list(paths)  # unique source paths
+        self.path_index = np.asarray(path_index, dtype=np.int64)
+        self.boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        if not (len(self.path_index) == len(self.boxes) == len(self.keys)):
+            raise ValueError("keys, path_index and boxes differ in length")
+        self._cache: OrderedDict[int, Image.Image] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _source_image(self, pi: int) -> Image.Image:
+        with self._lock:
+            img = self._cache.get(pi)
+            if img is not None:
+                self._cache.move_to_end(pi)
+                return img
+        img = open_rgb(self.paths[pi])
+        with self._lock:
+            self._cache[pi] = img
+            while len(self._cache) > self.CACHE:
+                self._cache.popitem(last=False)
+        return img
+
+    def image(self, i: int) -> Image.Image:
+        img = self._source_image(int(self.path_index[i]))
+        return img.crop(tuple(int(v) for v in self.boxes[i]))
+
+    def source(self, i: int):
+        return self.paths[int(self.path_index[i])], tuple(int(v) for v in self.boxes[i])
+
+    def fingerprint(self) -> str:
+        """Keys and labels plus the boxes (not the absolute paths, so a moved dataset keeps its cache):
+        a changed crop rule changes the feature-cache key."""
+        h = hashlib.sha256(super().fingerprint().encode())
+        h.update(np.ascontiguousarray(self.boxes, dtype="<i8").tobytes())
+        return h.hexdigest()
+
+    def __getstate__(self):  # picklable for worker processes (the cache and lock are not)
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def crop_samples(items, classes, summary) -> CropSamples:
+    """CropSamples from (key, label, source path, box) tuples."""
+    paths, index, path_index = [], {}, []
+    for _, _, p, _ in items:
+        if p not in index:
+            index[p] = len(paths)
+            paths.append(p)
+        path_index.append(index[p])
+    return CropSamples([k for k, _, _, _ in items], [lab for _, lab, _, _ in items], classes, summary,
+                       paths, path_index, [b for _, _, _, b in items])
+
+
+def subsample_per_class(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Sorted indices keeping at most ``per_class`` items of each label, drawn with a fixed seed."""
+    labels = np.asarray(labels)
+    if per_class is None:
+        return np.arange(len(labels))
+    rng = np.random.RandomState(seed)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) > per_class:
+            idx = np.sort(rng.choice(idx, per_class, replace=False))
+        keep.append(idx)
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def positive(v) -> str | None:
+    return None if v is None or v > 0 else "must be > 0"
