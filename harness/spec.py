@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .api import REQUIRED, Option, SpecError
+from .api import REQUIRED, HarnessError, Option, SpecError
 from .plugins import Plugins, did_you_mean
 
 TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
@@ -235,7 +235,7 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
             opts = validate_options(reg.cls.option_schema(), entry.get("options"), f"{where}: {key}.options")
             try:
                 obj = reg.cls(str(name), **opts)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, HarnessError) as exc:
                 raise SpecError(f"{where}: {key}.options: {exc}") from None
             obj.plugin_name = reg.name
             instances[section][name] = obj
@@ -245,7 +245,7 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
         enc, ds, task = instances["encoders"][u.encoder], instances["datasets"][u.dataset], instances["tasks"][u.task]
         try:
             task.check(enc, ds)
-        except ValueError as exc:
+        except (ValueError, HarnessError) as exc:  # HarnessError: e.g. a checkpoint read to check support
             raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):

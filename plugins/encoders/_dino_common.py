@@ -1,0 +1,80 @@
+"""Shared by the DINO and iBOT plugins: a full training checkpoint (teacher/student, backbone.* + head.*)
+or a backbone-only teacher file, with the DINOHead-style projection head as 'projected'."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from harness import Option
+
+from ._vit import (CheckpointEncoder, DINOHead, Split, count_by_prefix, is_state_dict, map_weight_norm_keys,
+                   strip_prefix)
+
+
+class DINOLike(CheckpointEncoder):
+    """Shared by DINO and iBOT: full checkpoint (teacher/student) or a backbone-only file."""
+
+    has_head = True
+    representations = ("cls", "mean_patch", "tokens", "blocks", "projected")
+    options = {
+        "network": Option(str, "teacher", "which network of a full checkpoint: teacher (paper) or student",
+                          choices=["teacher", "student"]),
+    }
+    #: wrapper key of the backbone-only file ("" = raw state dict)
+    backbone_only_key = ""
+    backbone_only_name = ""
+
+    def check_full(self, obj: dict) -> None:
+        """Method-specific sanity check of a full checkpoint (DINO vs iBOT heads)."""
+
+    def head_keys_used(self, head: dict) -> tuple[dict, list[str]]:
+        return head, []
+
+    def split(self, obj) -> Split:
+        net = self.opts.get("network", "teacher")
+        if isinstance(obj, dict) and "teacher" in obj and "student" in obj:
+            self.check_full(obj)
+            sd = obj[net]
+            if not isinstance(sd, dict):
+                raise self.wrong_layout(obj, f"checkpoint['{net}'] is not a state dict")
+            prefix = "module." if net == "student" and any(k.startswith("module.") for k in sd) else ""
+            backbone = strip_prefix(sd, prefix + "backbone.")
+            head = map_weight_norm_keys(strip_prefix(sd, prefix + "head."))
+            if not backbone:
+                raise self.wrong_layout(obj, f"no '{prefix}backbone.*' keys in checkpoint['{net}']")
+            head, head_ignored = self.head_keys_used(head)
+            rest = [k for k in sd if not k.startswith((prefix + "backbone.", prefix + "head."))]
+            ignored = count_by_prefix(rest, depth=2)
+            ignored.update({f"head.{k}": 1 for k in head_ignored})
+            ignored.update({f"checkpoint['{k}']": 1 for k in obj if k != net})
+            backbone, extra = self.backbone_extras(backbone)
+            ignored.update(extra)
+            return Split(backbone=backbone, head=head or None, ignored=ignored,
+                         source=f"checkpoint['{net}'], prefix '{prefix}backbone.' / '{prefix}head.'")
+        if self.backbone_only_key:
+            if not (isinstance(obj, dict) and is_state_dict(obj.get(self.backbone_only_key))):
+                raise self.wrong_layout(obj)
+            sd, source = obj[self.backbone_only_key], f"checkpoint['{self.backbone_only_key}']"
+            other = [k for k in obj if k != self.backbone_only_key]
+        else:
+            if not is_state_dict(obj):
+                raise self.wrong_layout(obj)
+            sd, source, other = obj, "state dict (raw)", []
+        if net == "student":
+            raise self.wrong_layout(obj, f"network: student needs the full checkpoint; the backbone-only "
+                                         f"{self.backbone_only_name} holds the teacher")
+        if "cls_token" not in sd or any(k.startswith(("module.", "backbone.", "head.")) for k in sd):
+            raise self.wrong_layout(obj, "not a plain ViT backbone state dict")
+        backbone, extra = self.backbone_extras(dict(sd))
+        ignored = {f"checkpoint['{k}']": 1 for k in other}
+        ignored.update(extra)
+        return Split(backbone=backbone, head=None, ignored=ignored, source=source)
+
+    def backbone_extras(self, backbone: dict) -> tuple[dict, dict]:
+        return backbone, {}
+
+    def build_head(self, sd: dict) -> nn.Module:
+        return DINOHead.from_state_dict(sd, f"{self.path} (projection head)")
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(tokens[:, 0])

@@ -1,0 +1,171 @@
+"""Any timm architecture with a local checkpoint file (registered as ``timm``; never touches the hub).
+
+Options: ``model`` (a timm name, e.g. ``vit_base_patch16_224``), ``checkpoint`` (local file),
+``checkpoint_key`` (entry holding the state dict; default: the first of 'state_dict', 'model', 'module'
+that is a state dict, else the file itself), ``strip_prefixes`` (removed from key starts, in order),
+``timm_filter`` (apply the architecture's own timm ``checkpoint_filter_fn``: layout conversion and
+position-embedding resampling; note timm routes any dict with ``mask_token`` to its DINOv2 converter, so
+BEiT/CAE-style files should use the dedicated plugins), ``model_kwargs`` (passed to ``timm.create_model``,
+e.g. ``{num_classes: 0}`` for a backbone-only file, ``{img_size: 320}``).
+Representations: cls / mean_patch / tokens from ``forward_features`` (after the model's final norm;
+register tokens dropped, CLS first), ``block.i`` from forward hooks on ``model.blocks[i]``. The model must
+have a CLS token. Inputs must match the model's ``img_size`` unless the architecture supports
+``dynamic_img_size`` (tried automatically).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Sequence
+
+import torch
+
+from harness import HarnessError, Option, file_sha256, hookimpl
+from harness.compat import import_timm
+
+from ._vit import _DTYPES, TokenEncoder, _seeded, guess_layout, is_state_dict, load_strict, read_checkpoint
+
+
+class TimmModel(TokenEncoder):
+    """A timm architecture loaded from a local checkpoint file (strict)."""
+
+    options = {
+        "model": Option(str, help="timm architecture name, e.g. vit_base_patch16_224"),
+        "checkpoint": Option(str, help="local checkpoint file", path="file"),
+        "checkpoint_key": Option(str, None, "entry of the file holding the state dict (default: auto)",
+                                 nullable=True),
+        "strip_prefixes": Option(list, [], "key prefixes to remove, e.g. ['module.', 'backbone.']"),
+        "timm_filter": Option(bool, True, "apply timm's checkpoint_filter_fn for the architecture"),
+        "model_kwargs": Option(dict, {}, "extra timm.create_model arguments"),
+        "strict": Option(bool, True, "error on any missing/unexpected key; false reports them instead"),
+        "weights_only": Option(bool, True, "torch.load(weights_only=True); false only for trusted files"),
+    }
+
+    def __init__(self, name: str, **opts: Any):
+        super().__init__(name, **opts)
+        self.model = None
+        self.load_report: dict = {}
+        self._sha: str | None = None
+
+    @property
+    def path(self) -> str:
+        return str(self.opts["checkpoint"])
+
+    def _build(self):
+        if self.model is None:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            timm = import_timm()
+            name = self.opts["model"]
+            if not timm.is_model(name):
+                from harness.plugins import did_you_mean
+                raise HarnessError(f"encoder '{self.name}': unknown timm model '{name}'"
+                                   f"{did_you_mean(name, timm.list_models())}")
+            kwargs = dict(self.opts.get("model_kwargs") or {})
+            with _seeded(0):
+                try:
+                    model = timm.create_model(name, pretrained=False, dynamic_img_size=True, **kwargs)
+                except TypeError:  # architecture without dynamic_img_size
+                    model = timm.create_model(name, pretrained=False, **kwargs)
+            if getattr(model, "cls_token", None) is None:
+                raise HarnessError(f"encoder '{self.name}': timm model '{name}' has no CLS token")
+            self.model = model.eval()
+            self.num_blocks = len(model.blocks) if hasattr(model, "blocks") else None
+        return self.model
+
+    def supports(self, rep: str) -> bool:
+        self._build()
+        if rep.startswith("block.") and self.num_blocks is None:
+            return False
+        return super().supports(rep)
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        if self._sha is None:
+            self._sha = file_sha256(self.path)
+        ident["checkpoint_sha256"] = self._sha
+        ident["timm"] = import_timm().__version__
+        return ident
+
+    def _state_dict(self, obj) -> tuple[dict, str, list[str]]:
+        expected = "a state dict (or a dict holding one under 'state_dict'/'model'/'module')"
+        key = self.opts.get("checkpoint_key")
+        if key is not None:
+            if not (isinstance(obj, dict) and is_state_dict(obj.get(key))):
+                raise HarnessError(f"{self.path}: no state dict under checkpoint_key '{key}'; found "
+                                   f"{guess_layout(obj)}")
+            return obj[key], f"checkpoint['{key}']", [k for k in obj if k != key]
+        if is_state_dict(obj):
+            return obj, "state dict (raw)", []
+        for k in ("state_dict", "model", "module"):
+            if isinstance(obj, dict) and is_state_dict(obj.get(k)):
+                return obj[k], f"checkpoint['{k}']", [o for o in obj if o != k]
+        raise HarnessError(f"{self.path}: expected {expected}; found {guess_layout(obj)} "
+                           f"(set checkpoint_key)")
+
+    def load(self, device: str = "cpu") -> None:
+        model = self._build()
+        if not self.load_report:
+            obj = read_checkpoint(self.path, weights_only=self.opts["weights_only"],
+                                  expected=f"a checkpoint for timm model '{self.opts['model']}'")
+            sd, source, other = self._state_dict(obj)
+            for prefix in self.opts.get("strip_prefixes") or []:
+                sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+            if self.opts["timm_filter"]:
+                fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+                if fn is not None:
+                    try:
+                        sd = fn(dict(sd), model)
+                    except Exception as exc:  # noqa: BLE001 - timm filters assert on foreign layouts
+                        raise HarnessError(f"{self.path}: timm's checkpoint filter for '{self.opts['model']}' "
+                                           f"failed ({type(exc).__name__}: {exc}); set timm_filter: false or "
+                                           f"check the file") from exc
+            rep = load_strict(model, dict(sd), strict=self.opts["strict"], where=self.path,
+                              what=f"timm '{self.opts['model']}'")
+            self.load_report = {"source": source, "missing": rep["missing"], "unexpected": rep["unexpected"],
+                                "ignored": {f"checkpoint['{k}']": 1 for k in other}}
+        self.device = device
+        model.to(device).requires_grad_(False)
+        self.backbone = model  # marks "loaded" for TokenEncoder.forward
+
+    def forward(self, x: torch.Tensor, reps: Sequence[str]) -> dict:
+        if not self.load_report:
+            self.load(self.device)
+        self._check_reps(reps)
+        m = self.model
+        block_ids = sorted(int(r.split(".", 1)[1]) for r in reps if r.startswith("block."))
+        npt = int(getattr(m, "num_prefix_tokens", 1))
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [m.blocks[i].register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out))
+                 for i in block_ids]
+        dtype = _DTYPES[self.opts.get("precision", "fp32")]
+        dev = torch.device(self.device)
+        try:
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                feats = m.forward_features(x.to(dev, dtype=torch.float32))
+        finally:
+            for h in hooks:
+                h.remove()
+        if feats.ndim != 3:
+            raise HarnessError(f"encoder '{self.name}': timm '{self.opts['model']}' forward_features gave shape "
+                               f"{tuple(feats.shape)}, not [B, tokens, D]")
+
+        def drop_registers(t):
+            return torch.cat([t[:, :1], t[:, npt:]], dim=1) if npt > 1 else t
+
+        tokens = drop_registers(feats)
+        out = {}
+        for r in reps:
+            if r == "cls":
+                out[r] = tokens[:, 0]
+            elif r == "mean_patch":
+                out[r] = tokens[:, 1:].mean(dim=1)
+            elif r == "tokens":
+                out[r] = tokens
+            else:
+                out[r] = drop_registers(captured[int(r.split(".", 1)[1])])
+        return {k: v.float() for k, v in out.items()}
+
+
+@hookimpl
+def register_encoders(register):
+    register("timm", TimmModel)

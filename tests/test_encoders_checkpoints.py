@@ -1,0 +1,580 @@
+"""The seven paper encoders, each from a tiny checkpoint written in its method's *official* file layout.
+
+For every method: (a) every key of the file is consumed or deliberately ignored (and reported),
+(b) cls / mean_patch / tokens / block.i equal an independent plain-torch reference on the same weights,
+(c) projection heads equal an independent computation, (d) a truncated file and another method's file
+give a one-line error naming the file and what was expected; plus position-embedding interpolation at a
+non-native input size (320 for a 224 checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+import torch
+
+from harness import HarnessError
+from harness.plugins import Plugins
+from partbench_plugins.encoders.beit import BEiT
+from partbench_plugins.encoders.cae import CAE
+from partbench_plugins.encoders.deit import DeiT
+from partbench_plugins.encoders.dino import DINO
+from partbench_plugins.encoders.ibot import IBOT
+from partbench_plugins.encoders.mae import MAE
+from partbench_plugins.encoders.mocov3 import MoCoV3
+
+from _vit_reference import dino_head, gelu, sincos_2d, vit_forward
+
+D, DEPTH, HEADS, P, GRID = 64, 2, 2, 16, 14  # tiny width/depth, but the real 224/16 grid
+ATOL = 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# tiny weights in the official key layouts
+# ------------------------------------------------------------------------------------------------
+class W:
+    """Deterministic random tensors."""
+
+    def __init__(self, seed: int):
+        self.g = torch.Generator().manual_seed(seed)
+
+    def n(self, *shape, std=None):
+        fan_in = shape[-1] if len(shape) > 1 else 1
+        std = fan_in ** -0.5 if std is None else std
+        return torch.randn(*shape, generator=self.g) * std
+
+    def ln(self, d=D):
+        return 1 + self.n(d, std=0.1), self.n(d, std=0.1)
+
+
+def vit_backbone(w: W, *, beit=False, pos="learned"):
+    """timm/official ViT keys; beit=True: q_bias/v_bias, gamma_1/2 (BEiT, CAE)."""
+    sd = {"cls_token": w.n(1, 1, D, std=0.5),
+          "patch_embed.proj.weight": w.n(D, 3, P, P, std=(3 * P * P) ** -0.5),
+          "patch_embed.proj.bias": w.n(D, std=0.1)}
+    if pos == "learned":
+        sd["pos_embed"] = w.n(1, 1 + GRID * GRID, D, std=0.5)
+    elif pos == "sincos":
+        sd["pos_embed"] = sincos_2d(GRID, D)
+    for i in range(DEPTH):
+        b = f"blocks.{i}."
+        sd[b + "norm1.weight"], sd[b + "norm1.bias"] = w.ln()
+        sd[b + "attn.qkv.weight"] = w.n(3 * D, D)
+        if beit:
+            sd[b + "attn.q_bias"], sd[b + "attn.v_bias"] = w.n(D, std=0.1), w.n(D, std=0.1)
+        else:
+            sd[b + "attn.qkv.bias"] = w.n(3 * D, std=0.1)
+        sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"] = w.n(D, D), w.n(D, std=0.1)
+        sd[b + "norm2.weight"], sd[b + "norm2.bias"] = w.ln()
+        sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"] = w.n(4 * D, D), w.n(4 * D, std=0.1)
+        sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"] = w.n(D, 4 * D), w.n(D, std=0.1)
+        if beit:
+            sd[b + "gamma_1"], sd[b + "gamma_2"] = 0.1 + w.n(D, std=0.3), 0.1 + w.n(D, std=0.3)
+    sd["norm.weight"], sd["norm.bias"] = w.ln()
+    return sd
+
+
+def moco_mlp(w: W, dims, last_bn=True):
+    """moco-v3 _build_mlp keys: Linear(no bias) at 3i, BN at 3i+1 (affine=False at the end)."""
+    sd = {}
+    for li in range(len(dims) - 1):
+        sd[f"{3 * li}.weight"] = w.n(dims[li + 1], dims[li])
+        bn = f"{3 * li + 1}."
+        last = li == len(dims) - 2
+        if not last:
+            sd[bn + "weight"], sd[bn + "bias"] = w.ln(dims[li + 1])
+        if not last or last_bn:
+            sd[bn + "running_mean"] = w.n(dims[li + 1], std=0.3)
+            sd[bn + "running_var"] = 0.5 + torch.rand(dims[li + 1], generator=w.g)
+            sd[bn + "num_batches_tracked"] = torch.tensor(1000)
+    return sd
+
+
+def dino_head_sd(w: W, out=96, ibot=False):
+    sd = {"mlp.0.weight": w.n(48, D), "mlp.0.bias": w.n(48, std=0.1),
+          "mlp.2.weight": w.n(48, 48), "mlp.2.bias": w.n(48, std=0.1),
+          "mlp.4.weight": w.n(16, 48), "mlp.4.bias": w.n(16, std=0.1),
+          "last_layer.weight_g": torch.ones(out, 1) + w.n(out, 1, std=0.1),  # g != 1 exercises the formula
+          "last_layer.weight_v": w.n(out, 16)}
+    if ibot:
+        sd["last_layer2.weight_g"] = torch.ones(out, 1)
+        sd["last_layer2.weight_v"] = w.n(out, 16)
+    return sd
+
+
+def prefixed(sd, prefix):
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def optimizer_state(w: W):
+    return {"state": {0: {"exp_avg": w.n(4), "exp_avg_sq": w.n(4).abs()}},
+            "param_groups": [{"lr": 1e-4, "weight_decay": 0.05, "params": [0]}]}
+
+
+def rel_index(g):
+    """BEiT relative position index, written independently: row/col 0 is the CLS token."""
+    coords = [(y, x) for y in range(g) for x in range(g)]
+    n_rel = (2 * g - 1) ** 2 + 3
+    idx = torch.empty(g * g + 1, g * g + 1, dtype=torch.long)
+    for i, (yi, xi) in enumerate(coords):
+        for j, (yj, xj) in enumerate(coords):
+            idx[i + 1, j + 1] = (yi - yj + g - 1) * (2 * g - 1) + (xi - xj + g - 1)
+    idx[0, :] = n_rel - 3
+    idx[:, 0] = n_rel - 2
+    idx[0, 0] = n_rel - 1
+    return idx
+
+
+def make(method: str, w: W, variant: str = "") -> dict:
+    """A checkpoint object in `method`'s official layout (variant: backbone-only files etc.)."""
+    args = argparse.Namespace(arch="vit_base", patch_size=16, out_dim=96, lr=5e-4)
+    if method == "deit":
+        sd = vit_backbone(w)
+        sd["head.weight"], sd["head.bias"] = w.n(10, D), w.n(10, std=0.1)
+        return sd if variant == "google_vit" else {"model": sd}
+    if method == "mocov3":
+        base = vit_backbone(w, pos="sincos")
+        base.update(prefixed(moco_mlp(w, [D, 96, 96, 32]), "head."))
+        mom = {k: v + 0.01 for k, v in base.items()}
+        sd = prefixed(base, "module.base_encoder.")
+        sd.update(prefixed(mom, "module.momentum_encoder."))
+        sd.update(prefixed(moco_mlp(w, [32, 96, 32]), "module.predictor."))
+        return {"epoch": 300, "arch": "vit_base", "state_dict": sd, "optimizer": optimizer_state(w),
+                "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                           "growth_interval": 2000, "_growth_tracker": 7}}
+    if method in ("dino", "ibot"):
+        ibot = method == "ibot"
+        teacher_bb = vit_backbone(w)
+        if variant == "backbone":
+            return {"state_dict": teacher_bb} if ibot else teacher_bb
+        teacher = prefixed(teacher_bb, "backbone.")
+        teacher.update(prefixed(dino_head_sd(w, ibot=ibot), "head."))
+        student_bb = vit_backbone(w)
+        if ibot:
+            student_bb["masked_embed"] = w.n(1, D)
+        student = prefixed(student_bb, "module.backbone.")
+        student.update(prefixed(dino_head_sd(w, ibot=ibot), "module.head."))
+        out = {"student": student, "teacher": teacher, "optimizer": optimizer_state(w), "epoch": 100,
+               "args": args, "fp16_scaler": None}
+        out["ibot_loss" if ibot else "dino_loss"] = {"center": w.n(1, 96)}
+        return out
+    if method == "beit":
+        sd = vit_backbone(w, beit=True, pos="none")
+        n_rel = (2 * GRID - 1) ** 2 + 3
+        sd["rel_pos_bias.relative_position_bias_table"] = w.n(n_rel, HEADS, std=0.5)
+        sd["rel_pos_bias.relative_position_index"] = rel_index(GRID)
+        sd["mask_token"] = w.n(1, 1, D)
+        sd["lm_head.weight"], sd["lm_head.bias"] = w.n(50, D), w.n(50, std=0.1)
+        return {"model": sd, "optimizer": optimizer_state(w), "epoch": 799, "args": args,
+                "scaler": {"scale": 1024.0}}
+    if method == "mae":
+        sd = vit_backbone(w, pos="sincos")
+        if variant == "full":  # a training checkpoint: decoder and mask token too
+            sd["mask_token"] = w.n(1, 1, 32)
+            sd["decoder_embed.weight"], sd["decoder_embed.bias"] = w.n(32, D), w.n(32)
+            sd["decoder_pos_embed"] = sincos_2d(GRID, 32)
+            sd["decoder_blocks.0.norm1.weight"] = torch.ones(32)
+            sd["decoder_norm.weight"], sd["decoder_pred.weight"] = torch.ones(32), w.n(768, 32)
+            return {"model": sd, "optimizer": optimizer_state(w), "epoch": 799, "args": args}
+        return {"model": sd}
+    if method == "cae":
+        enc = vit_backbone(w, beit=True, pos="sincos")
+        sd = prefixed(enc, "encoder.")
+        sd.update(prefixed({k: v.clone() for k, v in enc.items()}, "alignment_encoder."))
+        sd["rd_pos_embed"] = sincos_2d(GRID, D)
+        sd["regresser.regressor_blocks.0.norm1_q.weight"] = torch.ones(D)
+        sd["regresser.norm.weight"] = torch.ones(D)
+        sd["mask_token"] = w.n(1, 1, D)
+        sd["decoder.decoder_blocks.0.norm1.weight"] = torch.ones(D)
+        sd["decoder.head.weight"], sd["decoder.head.bias"] = w.n(50, D), w.n(50)
+        return {"model": sd, "optimizer": optimizer_state(w), "epoch": 1599, "args": args,
+                "scaler": {"scale": 1024.0}}
+    raise ValueError(method)
+
+
+CLASSES = {"deit": DeiT, "mocov3": MoCoV3, "dino": DINO, "ibot": IBOT, "beit": BEiT, "mae": MAE, "cae": CAE}
+METHOD_NAME = {"deit": "DeiT/supervised ViT", "mocov3": "MoCo v3", "dino": "DINO", "ibot": "iBOT",
+               "beit": "BEiT", "mae": "MAE", "cae": "CAE"}
+
+# what each official file carries besides what is read (reported in load_report["ignored"])
+IGNORED = {
+    "deit": {"head.*": 2},
+    "mocov3": {"module.momentum_encoder.*": None, "module.predictor.*": None, "checkpoint['epoch']": 1,
+               "checkpoint['arch']": 1, "checkpoint['optimizer']": 1, "checkpoint['scaler']": 1},
+    "dino": {"checkpoint['student']": 1, "checkpoint['optimizer']": 1, "checkpoint['epoch']": 1,
+             "checkpoint['args']": 1, "checkpoint['fp16_scaler']": 1, "checkpoint['dino_loss']": 1},
+    "ibot": {"checkpoint['student']": 1, "checkpoint['optimizer']": 1, "checkpoint['epoch']": 1,
+             "checkpoint['args']": 1, "checkpoint['fp16_scaler']": 1, "checkpoint['ibot_loss']": 1,
+             "head.last_layer2.weight_g": 1, "head.last_layer2.weight_v": 1},
+    "beit": {"mask_token": 1, "lm_head.*": 2, "rel_pos_bias.*": 1, "checkpoint['optimizer']": 1,
+             "checkpoint['epoch']": 1, "checkpoint['args']": 1, "checkpoint['scaler']": 1},
+    "mae": {},
+    "cae": {"alignment_encoder.*": None, "rd_pos_embed": 1, "regresser.*": 2, "mask_token": 1, "decoder.*": 3,
+            "checkpoint['optimizer']": 1, "checkpoint['epoch']": 1, "checkpoint['args']": 1,
+            "checkpoint['scaler']": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """One official-layout file per method (and variants), written once for the module."""
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for i, (m, v) in enumerate([(m, "") for m in CLASSES] + [("dino", "backbone"), ("ibot", "backbone"),
+                                                              ("deit", "google_vit"), ("mae", "full")]):
+        path = root / f"{m}{'_' + v if v else ''}.pth"
+        obj = make(m, W(100 + i), v)
+        torch.save(obj, path)
+        out[(m, v)] = (path, obj)
+    return out
+
+
+def backbone_sd(method, obj, variant=""):
+    """The backbone weights the reference computation uses, taken from the file object by hand."""
+    if method == "deit":
+        sd = obj if variant == "google_vit" else obj["model"]
+        return {k: v for k, v in sd.items() if not k.startswith("head.")}
+    if method == "mocov3":
+        return {k[len("module.base_encoder."):]: v for k, v in obj["state_dict"].items()
+                if k.startswith("module.base_encoder.") and not k.startswith("module.base_encoder.head.")}
+    if method in ("dino", "ibot"):
+        if variant == "backbone":
+            return obj["state_dict"] if method == "ibot" else obj
+        return {k[len("backbone."):]: v for k, v in obj["teacher"].items() if k.startswith("backbone.")}
+    if method == "beit":
+        return {k: v for k, v in obj["model"].items() if not k.startswith(("mask_token", "lm_head."))}
+    if method == "mae":
+        return {k: v for k, v in obj["model"].items() if not k.startswith(("decoder", "mask_token"))}
+    if method == "cae":
+        return {k[len("encoder."):]: v for k, v in obj["model"].items() if k.startswith("encoder.")}
+
+
+def beit_bias(sd, g=GRID):
+    table = sd["rel_pos_bias.relative_position_bias_table"]
+    idx = rel_index(g)
+    return lambda gh, gw: table[idx.reshape(-1)].reshape(g * g + 1, g * g + 1, -1).permute(2, 0, 1)
+
+
+def reference(method, sd, x, blocks=(0, 1)):
+    bias = beit_bias(sd) if method == "beit" else None
+    return vit_forward(sd, x, heads=HEADS, eps=1e-6, rel_bias=bias, blocks=blocks)
+
+
+def encoder(method, path, **opts):
+    opts.setdefault("num_heads", HEADS)
+    return CLASSES[method](method, checkpoint=str(path), **opts)
+
+
+REPS = ["cls", "mean_patch", "tokens", "block.0", "block.1"]
+
+
+def check_reps(out, tokens, blocks):
+    torch.testing.assert_close(out["tokens"], tokens, atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(out["cls"], tokens[:, 0], atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(out["mean_patch"], tokens[:, 1:].mean(1), atol=ATOL, rtol=ATOL)
+    for i in (0, 1):
+        torch.testing.assert_close(out[f"block.{i}"], blocks[i], atol=ATOL, rtol=ATOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) + (b): official layout loads strictly and matches the reference
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", list(CLASSES))
+def test_official_layout_matches_reference(method, files):
+    path, obj = files[(method, "")]
+    enc = encoder(method, path)
+    enc.load("cpu")
+    rep = enc.load_report
+    assert rep["missing"] == [] and rep["unexpected"] == [], rep
+    for key, count in IGNORED[method].items():
+        assert key in rep["ignored"], (key, rep["ignored"])
+        if count is not None:
+            assert rep["ignored"][key] == count, (key, rep["ignored"])
+    assert set(rep["ignored"]) == set(IGNORED[method]), rep["ignored"]
+    # every backbone tensor of the file is in the model, unchanged
+    sd = backbone_sd(method, obj)
+    model_sd = enc.backbone.model.state_dict()
+    for k, v in sd.items():
+        if k.endswith("relative_position_index"):
+            continue
+        assert torch.equal(model_sd[k], v), k
+    assert enc.num_blocks == DEPTH and enc.arch.grid == GRID and enc.arch.embed_dim == D
+
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    out = enc.forward(x, REPS)
+    tokens, blocks = reference(method, sd, x)
+    check_reps(out, tokens, blocks)
+    assert "checkpoint_sha256" in enc.identity() and len(enc.identity()["checkpoint_sha256"]) == 64
+
+
+@pytest.mark.parametrize("method,variant", [("dino", "backbone"), ("ibot", "backbone"), ("deit", "google_vit"),
+                                            ("mae", "full")])
+def test_other_official_files(method, variant, files):
+    path, obj = files[(method, variant)]
+    opts = {"variant": "google_vit"} if variant == "google_vit" else {}
+    enc = encoder(method, path, **opts)
+    enc.load("cpu")
+    assert enc.load_report["missing"] == [] and enc.load_report["unexpected"] == []
+    if variant == "full":
+        assert enc.load_report["ignored"]["decoder_embed.*"] == 2
+        assert enc.load_report["ignored"]["mask_token"] == 1
+    x = torch.randn(1, 3, 224, 224)
+    tokens, blocks = reference(method, backbone_sd(method, obj, variant), x)
+    check_reps(enc.forward(x, REPS), tokens, blocks)
+    if variant == "backbone":
+        assert not enc.supports("projected")
+        with pytest.raises(HarnessError, match="projected"):
+            enc.forward(x, ["projected"])
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) projection heads
+# ------------------------------------------------------------------------------------------------
+def bn_eval(x, sd, pre, eps=1e-5):
+    y = (x - sd[pre + "running_mean"]) / torch.sqrt(sd[pre + "running_var"] + eps)
+    if pre + "weight" in sd:
+        y = y * sd[pre + "weight"] + sd[pre + "bias"]
+    return y
+
+
+def moco_mlp_ref(sd, prefix, x, n_layers):
+    for li in range(n_layers):
+        x = x @ sd[f"{prefix}{3 * li}.weight"].T
+        x = bn_eval(x, sd, f"{prefix}{3 * li + 1}.")
+        if li < n_layers - 1:
+            x = torch.relu(x)
+    return x
+
+
+@pytest.mark.parametrize("projection", ["projector", "predictor"])
+def test_mocov3_projection(projection, files):
+    path, obj = files[("mocov3", "")]
+    enc = encoder("mocov3", path, projection=projection)
+    x = torch.randn(2, 3, 224, 224)
+    out = enc.forward(x, ["projected", "cls"])
+    sd = obj["state_dict"]
+    ref = moco_mlp_ref(sd, "module.base_encoder.head.", out["cls"], 3)
+    if projection == "predictor":
+        ref = moco_mlp_ref(sd, "module.predictor.", ref, 2)
+        assert "module.predictor.*" not in enc.load_report["ignored"]
+    assert out["projected"].shape == (2, 32)
+    torch.testing.assert_close(out["projected"], ref, atol=ATOL, rtol=ATOL)
+
+
+@pytest.mark.parametrize("method", ["dino", "ibot"])
+@pytest.mark.parametrize("network", ["teacher", "student"])
+def test_dino_ibot_projection(method, network, files):
+    path, obj = files[(method, "")]
+    enc = encoder(method, path, network=network)
+    x = torch.randn(2, 3, 224, 224)
+    out = enc.forward(x, ["projected", "cls", "tokens"])
+    prefix = "" if network == "teacher" else "module."
+    net = obj[network]
+    bb = {k[len(prefix + "backbone."):]: v for k, v in net.items() if k.startswith(prefix + "backbone.")}
+    bb.pop("masked_embed", None)
+    head = {k[len(prefix + "head."):]: v for k, v in net.items() if k.startswith(prefix + "head.")}
+    tokens, _ = vit_forward(bb, x, heads=HEADS)
+    torch.testing.assert_close(out["tokens"], tokens, atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(out["projected"], dino_head(head, tokens[:, 0]), atol=ATOL, rtol=ATOL)
+    assert out["projected"].shape == (2, 96)
+    if network == "student" and method == "ibot":
+        assert enc.load_report["ignored"]["backbone.masked_embed"] == 1
+    assert enc.load_report["missing"] == [] and enc.load_report["unexpected"] == []
+
+
+def test_dino_head_uses_weight_norm_not_plain_linear(files):
+    """W = g * v / ||v||: a plain Linear(v) (the paper code's head class) would give a different output."""
+    path, obj = files[("dino", "")]
+    enc = encoder("dino", path)
+    x = torch.randn(1, 3, 224, 224)
+    out = enc.forward(x, ["projected", "cls"])
+    head = {k[5:]: v for k, v in obj["teacher"].items() if k.startswith("head.")}
+    h = out["cls"]
+    for i in (0, 2, 4):
+        h = h @ head[f"mlp.{i}.weight"].T + head[f"mlp.{i}.bias"]
+        h = gelu(h) if i < 4 else h
+    plain = torch.nn.functional.normalize(h, dim=-1) @ head["last_layer.weight_v"].T
+    assert not torch.allclose(out["projected"], plain, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# position embedding / relative position interpolation at a non-native size
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["dino", "mocov3", "cae"])
+def test_pos_embed_interpolation_320(method, files):
+    path, obj = files[(method, "")]
+    enc = encoder(method, path)
+    x = torch.randn(1, 3, 320, 256)  # 20 x 16 grid from a 14 x 14 table
+    out = enc.forward(x, REPS)
+    assert out["tokens"].shape == (1, 1 + 20 * 16, D)
+    tokens, blocks = reference(method, backbone_sd(method, obj), x)
+    check_reps(out, tokens, blocks)
+
+
+def test_beit_rel_pos_table_at_320(tmp_path):
+    """A table that is constant per head over patch offsets stays constant when resampled, so the
+    reference bias at 20x20 is known exactly; the 3 CLS entries must be carried over."""
+    obj = make("beit", W(7))
+    sd = obj["model"]
+    n_rel = (2 * GRID - 1) ** 2 + 3
+    table = torch.zeros(n_rel, HEADS)
+    table[:-3] = torch.tensor([0.7, -0.4])
+    table[-3:] = torch.tensor([[0.3, 0.1], [-0.2, 0.5], [0.9, -0.6]])
+    sd["rel_pos_bias.relative_position_bias_table"] = table
+    path = tmp_path / "beit.pth"
+    torch.save(obj, path)
+    enc = encoder("beit", path)
+    g = 20
+    x = torch.randn(1, 3, 16 * g, 16 * g)
+    out = enc.forward(x, ["tokens"])
+    n = g * g + 1
+    bias = torch.empty(HEADS, n, n)
+    bias[:] = table[0][:, None, None]
+    bias[:, 0, :] = table[-3][:, None]  # cls -> patch
+    bias[:, :, 0] = table[-2][:, None]  # patch -> cls
+    bias[:, 0, 0] = table[-1]
+    tokens, _ = vit_forward(sd, x, heads=HEADS, rel_bias=lambda gh, gw: bias)
+    torch.testing.assert_close(out["tokens"], tokens, atol=ATOL, rtol=ATOL)
+
+
+def test_beit_rel_pos_resample_keeps_source_offsets():
+    """The geometric resampling places source offsets 0, +-1 at 0, +-1: those values are kept exactly."""
+    from partbench_plugins.encoders._vit import resize_rel_pos_table
+
+    g, src = 4, 7
+    table = torch.randn(src * src + 3, 2, generator=torch.Generator().manual_seed(0))
+    same = resize_rel_pos_table(table, g, (g, g))
+    torch.testing.assert_close(same, table)
+    big = resize_rel_pos_table(table, g, (8, 8))
+    dst = 15
+    assert big.shape == (dst * dst + 3, 2)
+    body, new = table[:-3].reshape(src, src, 2), big[:-3].reshape(dst, dst, 2)
+    c, C = src // 2, dst // 2
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            torch.testing.assert_close(new[C + dy, C + dx], body[c + dy, c + dx], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(big[-3:], table[-3:])
+
+
+# ------------------------------------------------------------------------------------------------
+# (d) bad files give one clear line
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", list(CLASSES))
+def test_truncated_checkpoint(method, files, tmp_path):
+    path, _ = files[(method, "")]
+    data = path.read_bytes()
+    bad = tmp_path / f"{method}_truncated.pth"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(HarnessError) as err:
+        encoder(method, bad).load("cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg and "not a readable PyTorch checkpoint" in msg
+    assert "expected" in msg
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello\n")
+    with pytest.raises(HarnessError, match=r"notes\.txt: not a .*PyTorch checkpoint.*expected the MAE file"):
+        encoder("mae", bad).load("cpu")
+
+
+# Every pair (method, another method's official file) must be refused with the method's name.
+OTHERS = [(m, o) for m in CLASSES for o in CLASSES if o != m]
+
+
+@pytest.mark.parametrize("method,other", OTHERS)
+def test_other_methods_checkpoint_is_refused(method, other, files):
+    path, _ = files[(other, "")]
+    with pytest.raises(HarnessError) as err:
+        encoder(method, path).load("cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    assert re.search(f"not an? {re.escape(METHOD_NAME[method])} checkpoint", msg), msg
+
+
+def test_wrong_backbone_only_files(files):
+    dino_bb, _ = files[("dino", "backbone")]
+    with pytest.raises(HarnessError, match="network: student needs the full checkpoint"):
+        encoder("dino", dino_bb, network="student").load("cpu")
+    with pytest.raises(HarnessError, match="not an iBOT checkpoint"):
+        encoder("ibot", dino_bb).load("cpu")
+    google, _ = files[("deit", "google_vit")]
+    with pytest.raises(HarnessError, match="variant: google_vit"):
+        encoder("deit", google).load("cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# strictness, weights_only, misc
+# ------------------------------------------------------------------------------------------------
+def test_strict_lists_keys_and_non_strict_reports_them(tmp_path):
+    obj = make("mae", W(3))
+    del obj["model"]["blocks.1.mlp.fc2.bias"]
+    obj["model"]["blocks.0.extra_scale"] = torch.ones(D)
+    path = tmp_path / "mae_broken.pth"
+    torch.save(obj, path)
+    with pytest.raises(HarnessError) as err:
+        encoder("mae", path).load("cpu")
+    msg = str(err.value)
+    assert "missing keys: blocks.1.mlp.fc2.bias" in msg and "unexpected keys: blocks.0.extra_scale" in msg
+    assert "strict: false" in msg and "\n" not in msg
+    enc = encoder("mae", path, strict=False)
+    enc.load("cpu")
+    assert enc.load_report["missing"] == ["blocks.1.mlp.fc2.bias"]
+    assert enc.load_report["unexpected"] == ["blocks.0.extra_scale"]
+    assert enc.forward(torch.randn(1, 3, 224, 224), ["cls"])["cls"].shape == (1, D)
+
+
+class Opaque:
+    """An arbitrary pickled object: refused by weights_only=True."""
+
+    def __init__(self):
+        self.value = 3
+
+
+def test_weights_only(tmp_path):
+    obj = make("mae", W(4))
+    obj["extra"] = Opaque()
+    path = tmp_path / "mae_pickle.pth"
+    torch.save(obj, path)
+    with pytest.raises(HarnessError, match="weights_only: false"):
+        encoder("mae", path).load("cpu")
+    enc = encoder("mae", path, weights_only=False)
+    enc.load("cpu")
+    assert enc.load_report["ignored"] == {"checkpoint['extra']": 1}
+
+
+def test_num_heads_matters_and_is_checked(files):
+    path, obj = files[("mae", "")]
+    with pytest.raises(HarnessError, match="not divisible by num_heads"):
+        encoder("mae", path, num_heads=3).load("cpu")
+    # BEiT: the heads are visible in the relative position table
+    bpath, _ = files[("beit", "")]
+    with pytest.raises(HarnessError, match="relative position table has 2 heads"):
+        encoder("beit", bpath, num_heads=4).load("cpu")
+    assert CLASSES["beit"]("b", checkpoint=str(bpath)).supports("block.1")
+
+
+def test_cae_paper_ln_eps(files):
+    path, obj = files[("cae", "")]
+    x = torch.randn(1, 3, 224, 224)
+    out = encoder("cae", path, ln_eps=1e-5).forward(x, ["cls"])
+    sd = backbone_sd("cae", obj)
+    tokens, _ = vit_forward(sd, x, heads=HEADS, eps=1e-5)
+    torch.testing.assert_close(out["cls"], tokens[:, 0], atol=ATOL, rtol=ATOL)
+
+
+def test_validation_time_checks(files):
+    path, _ = files[("dino", "")]
+    enc = encoder("dino", path)
+    assert enc.supports("projected") and enc.supports("block.1") and not enc.supports("block.2")
+    assert enc.backbone is None  # supports() only peeks at the file
+    mae_path, _ = files[("mae", "")]
+    assert not encoder("mae", mae_path).supports("projected")
+
+
+def test_all_registered():
+    plugins = Plugins(allow=list(CLASSES) + ["baselines"])
+    for name, cls in CLASSES.items():
+        assert plugins.get("encoder", name).cls is cls
