@@ -127,36 +127,38 @@ class Context:
                 out[rep] = self.cache.get(keys[rep], mmap=_is_token_rep(rep))
         return out
 
-    def _compute(self, split: str, reps: list[str], transform: str, keys: dict) -> None:
+    def encode(self, x, reps: Sequence[str]) -> dict:
+        """One frozen forward of a normalised batch: loads the encoder once per run, applies its
+        precision (autocast) and counts ``forwards``."""
         import torch
-
-        from . import transforms
 
         enc = self.encoder
         self._loaded.ensure(enc)
-        s = self.samples(split)
-        n, bs = len(s), int(enc.opts.get("batch_size", 64))
-        precision = enc.opts.get("precision", "fp32")
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(enc.opts.get("precision", "fp32"))
         dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        with torch.inference_mode(), torch.autocast(dev_type, dtype=amp, enabled=amp is not None):
+            out = enc.forward(x.to(self.device, non_blocking=True), list(reps))
+        self.forwards += x.shape[0]
+        return out
+
+    def _compute(self, split: str, reps: list[str], transform: str, keys: dict) -> None:
+        enc = self.encoder
+        n, bs = len(self.samples(split)), int(enc.opts.get("batch_size", 64))
         writers: dict = {}
 
         def load_batch(start: int):
-            idx = range(start, min(start + bs, n))
-            return self._normalise(torch.stack([transforms.apply(transform, s.image(i)) for i in idx]))
+            return self.images(split, range(start, min(start + bs, n)), transform)
 
         starts = list(range(0, n, bs))
         try:
-            with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+            with ThreadPoolExecutor(max_workers=1) as pool:
                 nxt = pool.submit(load_batch, starts[0]) if starts else None
                 bar = self.progress(starts, desc=f"features {enc.name}/{self.dataset.name}:{split}", unit="batch")
                 for j, start in enumerate(bar):
                     batch = nxt.result()
                     if j + 1 < len(starts):  # decode the next batch while this one runs
                         nxt = pool.submit(load_batch, starts[j + 1])
-                    with torch.autocast(dev_type, dtype=amp, enabled=amp is not None):
-                        feats = enc.forward(batch.to(self.device, non_blocking=True), list(reps))
-                    self.forwards += batch.shape[0]
+                    feats = self.encode(batch, reps)
                     for rep in reps:
                         if rep not in feats:
                             raise HarnessError(f"encoder '{enc.name}' did not return representation '{rep}'")

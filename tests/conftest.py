@@ -4,6 +4,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: tiny tensors on 2 cores suffer badly from oversubscription
+    import torch
+
+    torch.set_num_threads(1)
 TESTS = Path(__file__).resolve().parent
 TOY_PLUGINS = TESTS / "toy_plugins"
 
