@@ -79,7 +79,8 @@ class Context:
     def progress(self, iterable, desc: str = "", total: int | None = None, **kw):
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, disable=not self._show_progress, leave=False,
+        # disable=None: tqdm draws only on a terminal, so logs and CI output stay readable
+        return tqdm(iterable, desc=desc, total=total, disable=None if self._show_progress else True, leave=False,
                     dynamic_ncols=True, **kw)
 
     def _normalise(self, batch):

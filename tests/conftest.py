@@ -17,6 +17,8 @@ TOY_PLUGINS = TESTS / "toy_plugins"
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own feature cache; nothing touches ~/.cache."""
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    # generated datasets default to $XDG_CACHE_HOME; share one folder per test session, never ~/.cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
     monkeypatch.delenv("HARNESS_LOAD_PLUGINS", raising=False)
     monkeypatch.delenv("HARNESS_STRICT_PLUGINS", raising=False)
 

@@ -1,0 +1,45 @@
+"""The embedded demo spec: runs end to end, resumes with zero forwards, and validate catches typos."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "specs" / "demo.yaml"
+
+
+def _harness(*args):
+    exe = Path(sys.executable).with_name("harness")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
+    from harness.runner import run_spec
+
+    first = run_spec(DEMO, tmp_path / "out")
+    assert all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
+    assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery"}
+    assert first.forwards > 0
+    retrieval = {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in first if r["task"] == "part_retrieval"}
+    assert all(0 < ap <= 100 for ap in retrieval.values())
+    assert (tmp_path / "out/artifacts/part_gallery__synthetic_cub/gallery.png").is_file()
+    second = run_spec(DEMO, tmp_path / "out")
+    assert second.forwards == 0 and second.skipped == len(first)
+    assert [r["metrics"] for r in second] == [r["metrics"] for r in first]
+
+
+def test_validate_misspelled_encoder_did_you_mean_exit_2(tmp_path):
+    r = _harness("validate", str(DEMO), "-o", "encoders.random_vit.plugin=random_vitt")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: {DEMO}: encoders.random_vit.plugin: unknown encoder 'random_vitt'; did you mean 'random_vit'?")
+
+
+def test_ls_encoders_lists_builtins_with_origin():
+    r = _harness("ls", "encoders")
+    assert r.returncode == 0, r.stderr
+    rows = {l.split()[0]: l.split()[1] for l in r.stdout.splitlines()[2:]}
+    for name in ("deit", "mocov3", "dino", "beit", "mae", "cae", "ibot", "timm", "random_vit", "pixels"):
+        assert rows[name].startswith("partbench:"), name
