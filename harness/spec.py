@@ -211,14 +211,23 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
     for k in raw:
         if k not in TOP_KEYS:
             raise SpecError(f"{where}: {k}: unknown top-level key{did_you_mean(k, TOP_KEYS)}")
+    entries: dict = {}
+    for section in SECTIONS:
+        entries[section] = raw.get(section) or {}
+        if not isinstance(entries[section], dict) or not entries[section]:
+            raise SpecError(f"{where}: {section}: expected a non-empty mapping of name -> {{plugin, options}}")
+    units = _expand_runs(raw.get("run"), entries, where)
+    used = {"encoders": {u.encoder for u in units}, "datasets": {u.dataset for u in units},
+            "tasks": {u.task for u in units}}
     config: dict = {}
     instances: dict = {}
     for section, kind in SECTIONS.items():
-        entries = raw.get(section) or {}
-        if not isinstance(entries, dict) or not entries:
-            raise SpecError(f"{where}: {section}: expected a non-empty mapping of name -> {{plugin, options}}")
         config[section], instances[section] = {}, {}
-        for name, entry in entries.items():
+        # only entries the run uses are validated and built: a spec that narrows `run` need not have
+        # every other dataset or checkpoint of an included spec on disk
+        for name, entry in entries[section].items():
+            if name not in used[section]:
+                continue
             key = f"{section}.{name}"
             entry = {} if entry is None else entry
             if not isinstance(entry, dict):
@@ -240,7 +249,6 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
             obj.plugin_name = reg.name
             instances[section][name] = obj
             config[section][name] = {"plugin": reg.name, "origin": reg.origin, "options": opts}
-    units = _expand_runs(raw.get("run"), instances, where)
     for u in units:
         enc, ds, task = instances["encoders"][u.encoder], instances["datasets"][u.dataset], instances["tasks"][u.task]
         try:
@@ -256,12 +264,12 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
     for k in ("output_dir", "cache_dir"):
         if k in raw and not isinstance(raw[k], str):
             raise SpecError(f"{where}: {k}: expected a path string")
-    reference = _check_reference(raw.get("reference"), instances, where)
+    reference = _check_reference(raw.get("reference"), entries, where)
     return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
                 device, raw.get("output_dir"), raw.get("cache_dir"), config, reference)
 
 
-def _check_reference(ref: Any, instances: dict, where: str) -> dict:
+def _check_reference(ref: Any, entries: dict, where: str) -> dict:
     """``reference: {task: {dataset: {encoder: {metric: number}}}}`` with names defined in the spec."""
     if ref is None:
         return {}
@@ -274,9 +282,9 @@ def _check_reference(ref: Any, instances: dict, where: str) -> dict:
             k = f"{key}.{name}"
             if depth < 3:
                 section = levels[depth][0]
-                if name not in instances[section]:
+                if name not in entries[section]:
                     raise SpecError(f"{where}: {k}: '{name}' is not defined in {section}"
-                                    f"{did_you_mean(str(name), instances[section])}")
+                                    f"{did_you_mean(str(name), entries[section])}")
                 walk(sub, depth + 1, k)
             elif not isinstance(sub, (int, float)) or isinstance(sub, bool):
                 raise SpecError(f"{where}: {k}: expected a number, got {sub!r}")
@@ -285,7 +293,7 @@ def _check_reference(ref: Any, instances: dict, where: str) -> dict:
     return ref
 
 
-def _expand_runs(runs: Any, instances: dict, where: str) -> list[Unit]:
+def _expand_runs(runs: Any, entries: dict, where: str) -> list[Unit]:
     if runs is None:
         runs = [{}]
     if isinstance(runs, dict):
@@ -298,15 +306,15 @@ def _expand_runs(runs: Any, instances: dict, where: str) -> list[Unit]:
             raise SpecError(f"{where}: run[{i}]: expected a mapping with encoders/datasets/tasks lists")
         picked = {}
         for section in SECTIONS:
-            names = block.get(section, list(instances[section]))
+            names = block.get(section, list(entries[section]))
             if isinstance(names, str):
                 names = [names]
             if not isinstance(names, list):
                 raise SpecError(f"{where}: run[{i}].{section}: expected a list of names")
             for n in names:
-                if n not in instances[section]:
+                if n not in entries[section]:
                     raise SpecError(f"{where}: run[{i}].{section}: '{n}' is not defined in {section}"
-                                    f"{did_you_mean(str(n), instances[section])}")
+                                    f"{did_you_mean(str(n), entries[section])}")
             picked[section] = names
         for k in block:
             if k not in SECTIONS:

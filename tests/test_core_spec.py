@@ -135,3 +135,16 @@ def test_include_cycle_is_reported(tmp_path):
 def test_validate_command_ok(tmp_path, capsys, monkeypatch):
     code, out, err = _cli(["validate", str(_spec(tmp_path, GOOD))], capsys, monkeypatch)
     assert code == 0 and "OK" in out and "1 units" in out
+
+
+def test_entries_outside_the_run_are_not_built(tmp_path, toy_plugins):
+    """A spec that narrows `run` (e.g. one table of an included paper spec) need not have the other
+    entries' files: unused entries are not validated."""
+    spec = _spec(tmp_path, GOOD + """
+        datasets:
+          colours: {plugin: toy_colours, options: {n: 6}}
+          elsewhere: {plugin: not_installed_here, options: {root: /nonexistent}}
+        run: [{datasets: [colours]}]
+        """.replace("        ", ""))
+    plan = build_plan(spec, toy_plugins)
+    assert set(plan.datasets) == {"colours"} and len(plan.units) == 1

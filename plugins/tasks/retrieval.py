@@ -54,6 +54,14 @@ class Retrieval(Task):
         "transform": Option(str, "resize:224", "image transform before the encoder (official: Resize 224, bicubic)"),
     }
 
+    def __init__(self, name: str, **opts):
+        super().__init__(name, **opts)
+        # tables show AP per representation next to the reported one ("per encoder and representation")
+        main = self.opts["representation"]
+        per_rep = list(BEST_OF) if main == "best" else []
+        per_rep += [r for r in self.opts.get("extra") or [] if r not in per_rep]
+        self.headline = ("AP", "mAP", *[f"AP.{r}" for r in per_rep])
+
     # -- which representations -------------------------------------------------------------------
     def _wanted(self, encoder) -> tuple[list[str], list[str]]:
         """(representations to compute, candidates for 'best')."""
