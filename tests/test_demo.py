@@ -28,6 +28,11 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     second = run_spec(DEMO, tmp_path / "out")
     assert second.forwards == 0 and second.skipped == len(first)
     assert [r["metrics"] for r in second] == [r["metrics"] for r in first]
+    # recomputed from scratch (new output folder, empty feature cache): identical retrieval numbers
+    fresh = run_spec(DEMO, tmp_path / "fresh", overrides=["run=[{tasks: [part_retrieval]}]"],
+                     cache_dir=tmp_path / "fresh_cache")
+    assert fresh.forwards > 0
+    assert {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in fresh} == retrieval
 
 
 def test_validate_misspelled_encoder_did_you_mean_exit_2(tmp_path):
