@@ -133,6 +133,34 @@ def box_outside(box, size) -> str | None:
     return None
 
 
+class SourceCache:
+    """A small thread-safe LRU of decoded source images (the feature loader decodes in a thread).
+    Pickles empty, so Samples holding one stay picklable for worker processes."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, load):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = load()  # decode outside the lock
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __getstate__(self):
+        return {"size": self.size}
+
+    def __setstate__(self, state):
+        self.__init__(state["size"])
+
+
 class CropSamples(Samples):
     """Items that are boxes on source images. ``image(i)`` decodes the source lazily (the last few
     decoded sources are kept in a small LRU cache, so consecutive crops of one image decode it once)
@@ -147,24 +175,11 @@ class CropSamples(Samples):
         self.boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
         if not (len(self.path_index) == len(self.boxes) == len(self.keys)):
             raise ValueError("keys, path_index and boxes differ in length")
-        self._cache: OrderedDict[int, Image.Image] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _source_image(self, pi: int) -> Image.Image:
-        with self._lock:
-            img = self._cache.get(pi)
-            if img is not None:
-                self._cache.move_to_end(pi)
-                return img
-        img = open_rgb(self.paths[pi])
-        with self._lock:
-            self._cache[pi] = img
-            while len(self._cache) > self.CACHE:
-                self._cache.popitem(last=False)
-        return img
+        self._sources = SourceCache(self.CACHE)
 
     def image(self, i: int) -> Image.Image:
-        img = self._source_image(int(self.path_index[i]))
+        pi = int(self.path_index[i])
+        img = self._sources.get(pi, lambda: open_rgb(self.paths[pi]))
         return img.crop(tuple(int(v) for v in self.boxes[i]))
 
     def source(self, i: int):
@@ -176,16 +191,6 @@ class CropSamples(Samples):
         h = hashlib.sha256(super().fingerprint().encode())
         h.update(np.ascontiguousarray(self.boxes, dtype="<i8").tobytes())
         return h.hexdigest()
-
-    def __getstate__(self):  # picklable for worker processes (the cache and lock are not)
-        state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
 
 def crop_samples(items, classes, summary) -> CropSamples:

@@ -15,8 +15,6 @@ upsampling to the task's resize transform.
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,8 @@ from PIL import Image
 
 from harness import Dataset, HarnessError, Option, Samples, hookimpl
 
-from ._common import expand, image_size, need_dir, open_rgb, positive, read_rows, subsample_per_class
+from ._common import (SourceCache, expand, image_size, need_dir, open_rgb, positive, read_rows,
+                      subsample_per_class)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GRID, PATCH, STRIDE, CROP, RESIZE = 7, 56, 28, 224, 256
@@ -134,22 +133,16 @@ class PatchSamples(Samples):
         super().__init__(keys, labels, classes, summary)
         self.paths = [str(p) for p in paths]  # one per image; item i is patch i % 49 of image i // 49
         self.upsample = upsample
-        self._cache: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+        self._sources = SourceCache(self.CACHE)
 
     def _processed(self, k: int) -> Image.Image:
-        with self._lock:
-            if k in self._cache:
-                self._cache.move_to_end(k)
-                return self._cache[k]
-        crop = center_crop_224(open_rgb(self.paths[k]))
-        if self.upsample == "image":
-            crop = crop.resize((CROP * 4, CROP * 4), Image.BICUBIC)
-        with self._lock:
-            self._cache[k] = crop
-            while len(self._cache) > self.CACHE:
-                self._cache.popitem(last=False)
-        return crop
+        def load():
+            crop = center_crop_224(open_rgb(self.paths[k]))
+            if self.upsample == "image":
+                crop = crop.resize((CROP * 4, CROP * 4), Image.BICUBIC)
+            return crop
+
+        return self._sources.get(k, load)
 
     def image(self, i: int) -> Image.Image:
         k, j = divmod(i, GRID * GRID)
@@ -167,16 +160,6 @@ class PatchSamples(Samples):
         sx, sy = nw / w, nh / h
         return self.paths[k], (round((x0 + left) / sx), round((y0 + top) / sy),
                                round((x1 + left) / sx), round((y1 + top) / sy))
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
 
 def _image_number(path: Path) -> int | None:

@@ -484,6 +484,26 @@ def with_defaults(cls: type, opts: dict) -> dict:
     return full
 
 
+def select_representations(reps, tokens: torch.Tensor, block, project=None) -> dict:
+    """The named representations from final-norm ``tokens`` [B,1+N,D] (CLS first); ``block(i)`` returns
+    the raw output of block i, ``project(tokens)`` the projection head's output."""
+    out = {}
+    for r in reps:
+        if r == "cls":
+            out[r] = tokens[:, 0]
+        elif r == "mean_patch":
+            out[r] = tokens[:, 1:].mean(dim=1)  # CLS excluded, as the official extract()
+        elif r == "tokens":
+            out[r] = tokens
+        elif r == "projected" and project is not None:
+            out[r] = project(tokens)
+        elif r.startswith("block."):
+            out[r] = block(int(r.split(".", 1)[1]))
+        else:
+            raise HarnessError(f"unsupported representation '{r}'")
+    return out
+
+
 class TokenEncoder(Encoder):
     """An encoder whose model yields a token sequence with the CLS token first.
 
@@ -519,18 +539,7 @@ class TokenEncoder(Encoder):
         x = x.to(dev, dtype=torch.float32)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
             tokens, blocks = self.backbone(x, block_ids, final=final)
-            out = {}
-            for r in reps:
-                if r == "cls":
-                    out[r] = tokens[:, 0]
-                elif r == "mean_patch":
-                    out[r] = tokens[:, 1:].mean(dim=1)
-                elif r == "tokens":
-                    out[r] = tokens
-                elif r == "projected":
-                    out[r] = self.project(tokens)
-                else:
-                    out[r] = blocks[int(r.split(".", 1)[1])]
+            out = select_representations(reps, tokens, lambda i: blocks[i], self.project)
         return {k: v.float() for k, v in out.items()}
 
     def _place(self, device: str) -> None:

@@ -23,7 +23,8 @@ import torch
 from harness import HarnessError, Option, file_sha256, hookimpl
 from harness.compat import import_timm
 
-from ._vit import _DTYPES, TokenEncoder, _seeded, guess_layout, is_state_dict, load_strict, read_checkpoint
+from ._vit import (_DTYPES, TokenEncoder, _seeded, guess_layout, is_state_dict, load_strict, read_checkpoint,
+                   select_representations)
 
 
 class TimmModel(TokenEncoder):
@@ -152,17 +153,7 @@ class TimmModel(TokenEncoder):
         def drop_registers(t):
             return torch.cat([t[:, :1], t[:, npt:]], dim=1) if npt > 1 else t
 
-        tokens = drop_registers(feats)
-        out = {}
-        for r in reps:
-            if r == "cls":
-                out[r] = tokens[:, 0]
-            elif r == "mean_patch":
-                out[r] = tokens[:, 1:].mean(dim=1)
-            elif r == "tokens":
-                out[r] = tokens
-            else:
-                out[r] = drop_registers(captured[int(r.split(".", 1)[1])])
+        out = select_representations(reps, drop_registers(feats), lambda i: drop_registers(captured[i]))
         return {k: v.float() for k, v in out.items()}
 
 
