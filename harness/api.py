@@ -83,6 +83,10 @@ class _Plugin:
             schema.update(getattr(klass, "options", {}) or {})
         return schema
 
+    def validate(self) -> None:
+        """Cheap checks of the options' content at spec-validation time (e.g. read a checkpoint's
+        structure); raise HarnessError or ValueError naming the problem. Runs before any computation."""
+
     def identity(self) -> dict:
         """What determines this plugin's output; part of cache keys. Extend, don't replace."""
         return {"plugin": self.plugin_name, "options": self.opts}

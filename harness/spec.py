@@ -244,6 +244,7 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
             opts = validate_options(reg.cls.option_schema(), entry.get("options"), f"{where}: {key}.options")
             try:
                 obj = reg.cls(str(name), **opts)
+                obj.validate()
             except (ValueError, TypeError, HarnessError) as exc:
                 raise SpecError(f"{where}: {key}.options: {exc}") from None
             obj.plugin_name = reg.name

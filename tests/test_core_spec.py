@@ -148,3 +148,27 @@ def test_entries_outside_the_run_are_not_built(tmp_path, toy_plugins):
         """.replace("        ", ""))
     plan = build_plan(spec, toy_plugins)
     assert set(plan.datasets) == {"colours"} and len(plan.units) == 1
+
+
+def test_plugin_validate_runs_at_validation_and_names_the_entry(tmp_path, capsys, monkeypatch):
+    plugs = tmp_path / "plugs"
+    plugs.mkdir()
+    (plugs / "picky.py").write_text(textwrap.dedent("""
+        from harness import HarnessError, hookimpl
+        from harness_local_plugins.toy import ToyStats
+
+        class Picky(ToyStats):
+            def validate(self):
+                raise HarnessError("weights.pth: not a Picky checkpoint")
+
+        @hookimpl
+        def register_encoders(register):
+            register("picky", Picky)
+        """))
+    spec = _spec(tmp_path, GOOD.replace("plugin: toy_stats", "plugin: picky"))
+    monkeypatch.setenv("HARNESS_LOAD_PLUGINS", "toy,picky")
+    code = main(["run", str(spec), "--out", str(tmp_path / "o"), "--plugins-dir", str(TOY_PLUGINS),
+                 "--plugins-dir", str(plugs)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not (tmp_path / "o").exists()
+    assert err.endswith("spec.yaml: encoders.stats.options: weights.pth: not a Picky checkpoint")

@@ -607,8 +607,11 @@ class CheckpointEncoder(TokenEncoder):
     def wrong_layout(self, obj: Any, why: str = "") -> HarnessError:
         extra = f" ({why})" if why else ""
         article = "an" if self.method[:1].lower() in "aeiou" or self.method.startswith(("MAE", "iBOT")) else "a"
+        found = guess_layout(obj)
+        if self.method in found:  # this method's layout, but entries are missing: truncated or edited
+            return HarnessError(f"{self.path}: incomplete {self.method} checkpoint{extra}: expected {self.expected}")
         return HarnessError(f"{self.path}: not {article} {self.method} checkpoint{extra}: expected {self.expected}; "
-                            f"found {guess_layout(obj)}")
+                            f"found {found}")
 
     def require_dict(self, obj: Any, key: str) -> dict:
         if not isinstance(obj, dict) or not isinstance(obj.get(key), dict):
@@ -629,6 +632,9 @@ class CheckpointEncoder(TokenEncoder):
             self._peeked = (sp, arch)
             self.num_blocks = arch.depth
         return self._peeked
+
+    def validate(self) -> None:
+        self._peek()  # a wrong, truncated or unreadable file fails at spec validation, naming the option
 
     def supports(self, rep: str) -> bool:
         self._peek()
