@@ -128,3 +128,35 @@ def test_hook_register_datasets(toy_plugins):
 
 def test_hook_register_tasks(toy_plugins):
     assert toy_plugins.registry["task"]["toy_centroid"].cls.headline == ("acc",)
+
+
+def _broken_distribution(tmp_path):
+    """A distribution whose `harness` entry point raises on import, visible only via PYTHONPATH."""
+    site = tmp_path / "site"
+    info = site / "partbench_broken-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: partbench-broken\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[harness]\nbroken_ep = partbench_broken\n")
+    (site / "partbench_broken.py").write_text("raise ImportError('no module named torch_magic')\n")
+    return site
+
+
+def test_broken_entry_point_warns_with_distribution_and_rest_load(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site = _broken_distribution(tmp_path)
+    exe = Path(sys.executable).with_name("harness")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    r = subprocess.run([str(exe), "ls", "encoders"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0
+    assert ("warning: plugin 'broken_ep' (distribution partbench-broken) failed to load: "
+            "ImportError: no module named torch_magic") in r.stderr
+    assert "random_vit" in r.stdout and "dino" in r.stdout
+    strict = subprocess.run([str(exe), "ls", "encoders"], capture_output=True, text=True,
+                            env={**env, "HARNESS_STRICT_PLUGINS": "1"})
+    assert strict.returncode == 1 and strict.stdout == ""
+    assert strict.stderr.strip() == ("error: plugin 'broken_ep' (distribution partbench-broken) failed to load: "
+                                     "ImportError: no module named torch_magic")
