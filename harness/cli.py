@@ -28,8 +28,8 @@ def _plan(args, plugins):
 
 def cmd_validate(args) -> int:
     plan = _plan(args, _plugins(args))
-    print(f"{args.spec}: OK — {len(plan.units)} units "
-          f"({len(plan.encoders)} encoders × {len(plan.datasets)} datasets × {len(plan.tasks)} tasks, as listed in run)")
+    print(f"{args.spec}: OK — {len(plan.units)} units from {len(plan.encoders)} encoders, "
+          f"{len(plan.datasets)} datasets and {len(plan.tasks)} tasks, as listed in run")
     return 0
 
 

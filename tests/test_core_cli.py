@@ -1,6 +1,5 @@
 """CLI: ls, plugins, report, dry-run, and the one-line errors."""
 import json
-import textwrap
 
 from harness.cli import main
 

@@ -1,7 +1,6 @@
 """Plugin manager: entry points, isolation of broken plugins, strict mode, duplicates, check_pending,
 whitelist and --plugins-dir."""
 import textwrap
-import warnings
 
 import pytest
 

@@ -6,8 +6,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
-
 from harness.runner import run_spec
 
 from conftest import TOY_PLUGINS

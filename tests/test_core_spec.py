@@ -88,7 +88,6 @@ def test_missing_required_option():
 
 def test_task_check_error_names_the_unit(tmp_path, toy_plugins):
     from harness import SpecError
-    from harness.plugins import Plugins
 
     spec = _spec(tmp_path, GOOD.replace("{plugin: toy_centroid}", "{plugin: toy_centroid, options: {split: all}}"))
     build_plan(spec, toy_plugins)  # fine
@@ -105,7 +104,7 @@ def test_task_check_error_names_the_unit(tmp_path, toy_plugins):
 
 
 def test_include_merge_env_and_overrides(tmp_path, monkeypatch):
-    base = _spec(tmp_path, GOOD + "seed: 1\n", "base.yaml")
+    _spec(tmp_path, GOOD + "seed: 1\n", "base.yaml")
     monkeypatch.setenv("PB_N", "9")
     top = _spec(tmp_path, """
         include: base.yaml

@@ -1,10 +1,7 @@
 """The embedded demo spec: runs end to end, resumes with zero forwards, and validate catches typos."""
-import json
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "specs" / "demo.yaml"

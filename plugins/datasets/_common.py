@@ -133,6 +133,24 @@ def box_outside(box, size) -> str | None:
     return None
 
 
+def kept_crops(entries, half_dists, counts, size_of):
+    """The official keep-and-crop rule over one image's (or person's) keypoints: yields (entry, box)
+    for each kept keypoint; ``entry[1:3]`` is (x, y). Drops and crops reaching outside the image are
+    counted in ``counts``; ``size_of()`` gives the image (w, h), or None to skip the outside check."""
+    for entry, hd in zip(entries, half_dists):
+        why = distance_verdict(hd)
+        if why:
+            counts[why] += 1
+            continue
+        box = crop_box(entry[1], entry[2], hd)
+        size = size_of()
+        where = box_outside(box, size) if size is not None else None
+        if where:
+            counts[where] += 1
+        counts["kept"] += 1
+        yield entry, box
+
+
 class SourceCache:
     """A small thread-safe LRU of decoded source images (the feature loader decodes in a thread).
     Pickles empty, so Samples holding one stay picklable for worker processes."""

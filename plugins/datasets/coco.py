@@ -30,8 +30,8 @@ import numpy as np
 
 from harness import Dataset, HarnessError, Option, hookimpl
 
-from ._common import (crop_samples, box_outside, crop_box, distance_verdict, expand, half_distances,
-                      need_dir, need_file, positive, subsample_per_class)
+from ._common import (box_outside, crop_samples, expand, half_distances, kept_crops, need_dir, need_file, positive,
+                      subsample_per_class)
 
 DEFAULT_KEYPOINTS = [1, 11, 16]  # nose, right_wrist, left_ankle (1-based, standard 17-name order)
 SET_OF_SPLIT = {"all": "train2017", "train": "train2017", "test": "val2017"}
@@ -148,16 +148,7 @@ def read_coco_parts(ann_file: Path, img_dir: Path, keypoints, distance: str = "w
         else:
             groups = [(p, half_distances(np.array([[x, y] for _, x, y, _ in p])).tolist()) for p in persons]
         for entries, halves in groups:
-            for (k, x, y, aid), hd in zip(entries, halves):
-                why = distance_verdict(hd)
-                if why:
-                    counts[why] += 1
-                    continue
-                box = crop_box(x, y, hd)
-                where = box_outside(box, size)
-                if where:
-                    counts[where] += 1
-                counts["kept"] += 1
+            for (k, _, _, aid), box in kept_crops(entries, halves, counts, lambda: size):
                 items.append((f"{img['file_name']}#{aid}#{names[k - 1]}", label_of[k], str(path), box))
 
     per_class = Counter(lab for _, lab, _, _ in items)

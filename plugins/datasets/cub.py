@@ -16,14 +16,14 @@ part id in ``keypoints``.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import numpy as np
 
 from harness import Dataset, HarnessError, Option, hookimpl
 
-from ._common import (crop_samples, box_outside, crop_box, distance_verdict, expand, half_distances,
-                      image_size, need_dir, read_rows)
+from ._common import crop_samples, expand, half_distances, image_size, kept_crops, need_dir, read_rows
 
 DEFAULT_KEYPOINTS = [11, 12, 9, 14]  # right eye, right leg, left wing, tail (1-based ids of parts.txt)
 
@@ -101,19 +101,8 @@ def read_cub_parts(root, keypoints, split: str = "all", check_images: bool = Tru
         rel = images[iid]
         path = root / "images" / rel
         halves = half_distances(np.array([[x, y] for _, x, y in kps]))
-        size = None
-        for (pid, x, y), hd in zip(kps, halves.tolist()):
-            why = distance_verdict(hd)
-            if why:
-                counts[why] += 1
-                continue
-            box = crop_box(x, y, hd)
-            if check_images:
-                size = size or image_size(path)
-                where = box_outside(box, size)
-                if where:
-                    counts[where] += 1
-            counts["kept"] += 1
+        size_of = functools.cache(functools.partial(image_size, path)) if check_images else (lambda: None)
+        for (pid, _, _), box in kept_crops(kps, halves.tolist(), counts, size_of):
             items.append((f"{rel}#{pid}", label_of[pid], str(path), box))
 
     per_class = Counter(lab for _, lab, _, _ in items)

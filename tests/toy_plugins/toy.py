@@ -58,7 +58,6 @@ class ToyStats(Encoder):
         type(self).batches += 1
         if self.opts["die_after_batches"] and type(self).batches > self.opts["die_after_batches"]:
             os._exit(9)  # a hard kill: no cleanup, no exception handlers
-        b = x.shape[0]
         patches = torch.nn.functional.avg_pool2d(x, 16).flatten(2).transpose(1, 2)  # [B,P,3]
         tokens = torch.cat([patches.mean(1, keepdim=True), patches], 1)
         out = {"cls": tokens[:, 0], "mean_patch": patches.mean(1), "tokens": tokens, "block.0": tokens * 2}
