@@ -238,5 +238,18 @@ def subsample_per_class(labels: np.ndarray, per_class: int | None, seed: int) ->
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
+def distinct_ids_check(what: str):
+    """Option check: a non-empty list of distinct positive 1-based ids; ``what`` names them."""
+
+    def check(v):
+        if not v or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v):
+            return f"expected a non-empty list of positive {what}"
+        if len(set(v)) != len(v):
+            return f"{what.split(' (')[0]} must be distinct"
+        return None
+
+    return check
+
+
 def positive(v) -> str | None:
     return None if v is None or v > 0 else "must be > 0"

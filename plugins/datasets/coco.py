@@ -30,19 +30,14 @@ import numpy as np
 
 from harness import Dataset, HarnessError, Option, hookimpl
 
-from ._common import (box_outside, crop_samples, expand, half_distances, kept_crops, need_dir, need_file, positive,
-                      subsample_per_class)
+from ._common import (box_outside, crop_samples, distinct_ids_check, expand, half_distances, kept_crops, need_dir,
+                      need_file, positive, subsample_per_class)
 
 DEFAULT_KEYPOINTS = [1, 11, 16]  # nose, right_wrist, left_ankle (1-based, standard 17-name order)
 SET_OF_SPLIT = {"all": "train2017", "train": "train2017", "test": "val2017"}
 
 
-def _check_ids(v):
-    if not v or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v):
-        return "expected a non-empty list of positive keypoint ids (1-based, category 'keypoints' order)"
-    if len(set(v)) != len(v):
-        return "keypoint ids must be distinct"
-    return None
+_check_ids = distinct_ids_check("keypoint ids (1-based, category 'keypoints' order)")
 
 
 def locate(root, annotations_dir, images_dir, kind: str, split: str) -> tuple[Path, Path]:

@@ -23,17 +23,13 @@ import numpy as np
 
 from harness import Dataset, HarnessError, Option, hookimpl
 
-from ._common import crop_samples, expand, half_distances, image_size, kept_crops, need_dir, read_rows
+from ._common import (crop_samples, distinct_ids_check, expand, half_distances, image_size, kept_crops, need_dir,
+                      read_rows)
 
 DEFAULT_KEYPOINTS = [11, 12, 9, 14]  # right eye, right leg, left wing, tail (1-based ids of parts.txt)
 
 
-def _check_ids(v):
-    if not v or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v):
-        return "expected a non-empty list of positive part ids (1-based, as in parts/parts.txt)"
-    if len(set(v)) != len(v):
-        return "part ids must be distinct"
-    return None
+_check_ids = distinct_ids_check("part ids (1-based, as in parts/parts.txt)")
 
 
 def read_cub_parts(root, keypoints, split: str = "all", check_images: bool = True):
