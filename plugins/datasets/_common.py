@@ -133,6 +133,11 @@ def box_outside(box, size) -> str | None:
     return None
 
 
+#: the summary counters kept_crops fills (in summary order)
+CROP_RULE_COUNTERS = ("dropped_no_other_keypoint", "dropped_too_close", "dropped_too_far",
+                      "kept_centre_outside_image", "kept_crop_partly_outside_image")
+
+
 def kept_crops(entries, half_dists, counts, size_of):
     """The official keep-and-crop rule over one image's (or person's) keypoints: yields (entry, box)
     for each kept keypoint; ``entry[1:3]`` is (x, y). Drops and crops reaching outside the image are

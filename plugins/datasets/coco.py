@@ -30,8 +30,8 @@ import numpy as np
 
 from harness import Dataset, HarnessError, Option, hookimpl
 
-from ._common import (box_outside, crop_samples, distinct_ids_check, expand, half_distances, kept_crops, need_dir,
-                      need_file, positive, subsample_per_class)
+from ._common import (CROP_RULE_COUNTERS, box_outside, crop_samples, distinct_ids_check, expand, half_distances,
+                      kept_crops, need_dir, need_file, positive, subsample_per_class)
 
 DEFAULT_KEYPOINTS = [1, 11, 16]  # nose, right_wrist, left_ankle (1-based, standard 17-name order)
 SET_OF_SPLIT = {"all": "train2017", "train": "train2017", "test": "val2017"}
@@ -158,11 +158,7 @@ def read_coco_parts(ann_file: Path, img_dir: Path, keypoints, distance: str = "w
         "kept": counts["kept"],
         "dropped_not_visible": counts["dropped_not_visible"],
         "dropped_person_single_keypoint": counts["dropped_person_single_keypoint"],
-        "dropped_no_other_keypoint": counts["dropped_no_other_keypoint"],
-        "dropped_too_close": counts["dropped_too_close"],
-        "dropped_too_far": counts["dropped_too_far"],
-        "kept_centre_outside_image": counts["kept_centre_outside_image"],
-        "kept_crop_partly_outside_image": counts["kept_crop_partly_outside_image"],
+        **{k: counts[k] for k in CROP_RULE_COUNTERS},
         "per_class": {classes[c]: per_class.get(c, 0) for c in range(len(classes))},
         "distance": distance,
     }

@@ -23,8 +23,8 @@ import numpy as np
 
 from harness import Dataset, HarnessError, Option, hookimpl
 
-from ._common import (crop_samples, distinct_ids_check, expand, half_distances, image_size, kept_crops, need_dir,
-                      read_rows)
+from ._common import (CROP_RULE_COUNTERS, crop_samples, distinct_ids_check, expand, half_distances, image_size,
+                      kept_crops, need_dir, read_rows)
 
 DEFAULT_KEYPOINTS = [11, 12, 9, 14]  # right eye, right leg, left wing, tail (1-based ids of parts.txt)
 
@@ -108,11 +108,7 @@ def read_cub_parts(root, keypoints, split: str = "all", check_images: bool = Tru
         "keypoints_annotated": counts["annotated"],
         "kept": counts["kept"],
         "dropped_invisible": counts["dropped_invisible"],
-        "dropped_no_other_keypoint": counts["dropped_no_other_keypoint"],
-        "dropped_too_close": counts["dropped_too_close"],
-        "dropped_too_far": counts["dropped_too_far"],
-        "kept_centre_outside_image": counts["kept_centre_outside_image"],
-        "kept_crop_partly_outside_image": counts["kept_crop_partly_outside_image"],
+        **{k: counts[k] for k in CROP_RULE_COUNTERS},
         "per_class": {classes[c]: per_class.get(c, 0) for c in range(len(classes))},
     }
     return items, classes, summary
