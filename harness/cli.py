@@ -7,7 +7,6 @@ import os
 import sys
 import time
 import warnings
-from pathlib import Path
 
 from .api import HarnessError
 
@@ -35,10 +34,10 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from . import report
-    from .runner import run_plan
+    from .runner import output_dir, run_plan
 
     plan = _plan(args, _plugins(args))  # everything is validated before anything is written
-    out = Path(args.out or plan.output_dir or Path("results") / Path(args.spec).stem)
+    out = output_dir(plan, args.out)
     if args.dry_run:
         print(f"{args.spec}: {len(plan.units)} units -> {out}")
         for u in plan.units:

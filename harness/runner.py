@@ -179,7 +179,7 @@ class Context:
 
 
 # -- provenance --------------------------------------------------------------------------------
-def _versions(plan: Plan) -> dict:
+def _versions() -> dict:
     out = {"python": platform.python_version()}
     for dist in ("partbench", "torch", "timm", "numpy", "pluggy", "pycocotools", "scikit-learn"):
         try:
@@ -241,7 +241,7 @@ def run_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, show_p
     cache.sweep_stale()
     device = resolve_device(plan.device)
     loaded = _LoadedEncoders(device)
-    versions, rev = _versions(plan), git_revision()
+    versions, rev = _versions(), git_revision()
     results = RunSummary()
     groups_touched: set = set()
     prepared: set = set()
@@ -326,6 +326,11 @@ def _finalize(plan: Plan, results: list, out: Path, groups: set, log) -> None:
             log(f"    finalize of {task_name}/{ds_name} failed: {type(exc).__name__}: {exc}")
 
 
+def output_dir(plan: Plan, override=None) -> Path:
+    """--out if given, else the spec's output_dir, else results/<spec file name>."""
+    return Path(override or plan.output_dir or Path("results") / plan.path.stem)
+
+
 def run_spec(path, out_dir=None, overrides=(), force=False, plugins=None, show_progress=False, log=None,
              cache_dir=None) -> RunSummary:
     """Programmatic entry point: validate the spec, run it, write results and the report."""
@@ -335,7 +340,7 @@ def run_spec(path, out_dir=None, overrides=(), force=False, plugins=None, show_p
 
     plugins = plugins or Plugins()
     plan = build_plan(path, plugins, overrides)
-    out = Path(out_dir or plan.output_dir or Path("results") / Path(path).stem)
+    out = output_dir(plan, out_dir)
     results = run_plan(plan, out, force=force, show_progress=show_progress, cache_dir=cache_dir,
                        log=log or (lambda *a: None))
     report.write_report(out, results)
