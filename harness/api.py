@@ -1,15 +1,18 @@
-"""The small core types every plugin builds on: Option, Encoder, Dataset, Samples, Task.
+"""Everything a plugin may use: Option, Encoder, Dataset, Samples (+ SegSamples, KeypointSamples), Task,
+FeatureRequest and TaskContext (what ``Task.run`` receives).
 
 A plugin subclasses one of Encoder/Dataset/Task, declares its ``options`` and registers the class
 from a hook (see ``harness.hookspecs``). The core validates a spec's options against ``options``
-before any computation, then instantiates the class with the validated values.
+before any computation, then instantiates the class with the validated values. Optional members are
+declared here with their defaults; the core never probes for undeclared attributes.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -95,13 +98,15 @@ class _Plugin:
 class Encoder(_Plugin):
     """A frozen image encoder.
 
-    ``forward(x, reps)`` gets a normalised float batch [B,3,H,W] and the list of representation
-    names wanted, and returns a dict name -> tensor:
+    ``forward(x, reps)`` is a pure function of a batch: it gets a normalised float batch [B,3,H,W]
+    already on the encoder's device and the list of representation names wanted, and returns a dict
+    name -> tensor. The core's executor (``harness.features.Executor``) does everything around it
+    once: lazy ``load``, device placement, ``torch.inference_mode`` and autocast for ``precision``.
       cls         [B,D]   CLS token after the final norm
       mean_patch  [B,D]   mean of patch tokens (CLS excluded) after the final norm
       tokens      [B,1+N,D] all tokens after the final norm (CLS first)
       projected   [B,P]   projection-head output (only where the method has one)
-      block.<i>   [B,1+N,D] raw output of block i (0-based), no final norm
+      block.<i>   [B,1+N,D] raw output of block i (0-based), no final norm; N = (H/p)*(W/p)
     """
 
     options = {
@@ -114,6 +119,12 @@ class Encoder(_Plugin):
     representations: Sequence[str] = ("cls", "mean_patch", "tokens", "blocks")
     #: number of transformer blocks (for validating ``block.<i>``); None if not applicable
     num_blocks: int | None = None
+    #: token width D, when known before loading (lets tasks validate e.g. ``num_heads`` at spec time)
+    embed_dim: int | None = None
+    #: patch size in pixels (inputs must be multiples of it; dense tasks read maps at 1/patch_size)
+    patch_size: int | None = None
+    #: what loading did (source entry, architecture, missing/unexpected/ignored keys); stored in results
+    load_report: dict = {}  # replaced, never mutated: subclasses assign a new dict in load()
 
     def supports(self, rep: str) -> bool:
         if rep.startswith("block."):
@@ -123,11 +134,20 @@ class Encoder(_Plugin):
         return rep in self.representations
 
     def load(self, device: str = "cpu") -> None:
-        """Build the model and load weights (lazy: called once, right before the first forward)."""
+        """Build the model, load weights and place it on ``device`` in eval mode with gradients off.
+        Called by the core once per run, right before the first forward (and again to move it)."""
         raise NotImplementedError
 
     def forward(self, x, reps: Sequence[str]) -> dict:
         raise NotImplementedError
+
+
+def _file_stat(path) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}\tmissing"
+    return f"{st.st_size}\t{st.st_mtime_ns}"
 
 
 class Samples:
@@ -136,13 +156,20 @@ class Samples:
     Subclasses implement ``image(i)``; the constructor takes keys, labels and class names.
     ``image(i)`` returns the PIL RGB image of the item *before* the task's resize transform
     (for part datasets: the square crop around the keypoint, out-of-image area black).
+
+    ``files``: every file the items are read from (annotation files, images). The default
+    ``fingerprint()`` covers their sizes and modification times, so an edited annotation or image can
+    never reuse features cached for the old content. Subclasses that derive items from anything else
+    extend ``fingerprint()``.
     """
 
-    def __init__(self, keys: Sequence[str], labels, classes: Sequence[str], summary: dict | None = None):
+    def __init__(self, keys: Sequence[str], labels, classes: Sequence[str], summary: dict | None = None,
+                 files: Iterable = ()):
         self.keys = list(keys)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
         self.summary = dict(summary or {})
+        self.files = [str(f) for f in files]
         if len(self.keys) != len(self.labels):
             raise ValueError("keys and labels differ in length")
 
@@ -157,11 +184,92 @@ class Samples:
         return None
 
     def fingerprint(self) -> str:
-        """Hash of the item keys and labels: part of the feature cache key."""
+        """Hash of the item keys and labels and of the size and mtime of ``files`` (not their paths, so
+        a moved dataset keeps its cache): part of the feature cache key."""
         h = hashlib.sha256()
         for k, y in zip(self.keys, self.labels.tolist()):
             h.update(f"{k}\t{y}\n".encode())
+        for f in self.files:
+            h.update(f"{_file_stat(f)}\n".encode())
         return h.hexdigest()
+
+
+class SegSamples(Samples):
+    """Images with dense label maps, in mmsegmentation's ``img_dir``/``ann_dir`` convention.
+
+    ``mask(i)`` is the label map as a uint8 array [H, W] of class indices 0..C-1 with 255 = ignore,
+    after ``reduce_zero_label`` (file value 0 = background/unlabelled -> 255, k -> k-1), decoded with
+    pillow (palette PNGs give indices, never colours). ``labels`` are unused (-1).
+    ``defaults``: the dataset's official evaluation geometry, ``{"scale": [long, short], "crop": [h, w],
+    "stride": [h, w]}`` (mmseg keep-ratio resize, slide crop and stride).
+    ``layout``: what mmseg's ``BaseSegDataset`` needs to read the same files (``data_root``,
+    ``img_path``, ``seg_map_path``, ``img_suffix``, ``seg_map_suffix``, ``reduce_zero_label``), or None.
+    """
+
+    def __init__(self, keys, classes, summary, image_paths: Sequence[str], mask_paths: Sequence[str],
+                 reduce_zero_label: bool = True, defaults: dict | None = None, layout: dict | None = None):
+        super().__init__(keys, np.full(len(keys), -1), classes, summary, files=[*image_paths, *mask_paths])
+        if not (len(image_paths) == len(mask_paths) == len(self.keys)):
+            raise ValueError("keys, image_paths and mask_paths differ in length")
+        self.image_paths, self.mask_paths = list(image_paths), list(mask_paths)
+        self.reduce_zero_label = reduce_zero_label
+        self.defaults = dict(defaults or {})
+        self.layout = layout
+
+    def image(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.image_paths[i]) as im:
+            return im.convert("RGB")
+
+    def mask(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self.mask_paths[i]) as im:
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise HarnessError(f"{self.mask_paths[i]}: label map has mode {im.mode}; expected a single-channel "
+                                   f"index PNG (mode L or P)")
+            raw = np.asarray(im)
+        n = len(self.classes)
+        top = int(raw.max()) if raw.size else 0
+        limit = n if self.reduce_zero_label else n - 1
+        if top > limit and top != 255:
+            raise HarnessError(f"{self.mask_paths[i]}: label {top} > {limit} ({n} classes"
+                               f"{', 0 = ignored background' if self.reduce_zero_label else ''})")
+        raw = raw.astype(np.int64)
+        if self.reduce_zero_label:
+            out = np.where((raw == 0) | (raw == 255), 255, raw - 1)
+        else:
+            out = raw
+        return out.astype(np.uint8)
+
+
+class KeypointSamples(Samples):
+    """Person instances for top-down keypoint tasks: one item per (image, box).
+
+    ``image(i)`` is the whole source image (PIL RGB); ``box(i)`` the person box (x, y, w, h) in its
+    pixels (ground truth or a detection); ``keypoints(i)`` a float array [K, 3] of (x, y, v) with COCO
+    visibility v (0 unlabelled, 1 labelled but hidden, 2 visible; zeros for detections);
+    ``image_id(i)`` the COCO image id and ``score(i)`` the box score (1.0 for ground truth).
+    ``keypoint_names`` (K names), ``flip_pairs`` (0-based left/right index pairs) and
+    ``annotation_file`` (the COCO ground truth that ``COCOeval`` scores against) describe the split.
+    """
+
+    keypoint_names: Sequence[str] = ()
+    flip_pairs: Sequence[tuple[int, int]] = ()
+    annotation_file: str | None = None
+
+    def box(self, i: int) -> tuple[float, float, float, float]:
+        raise NotImplementedError
+
+    def keypoints(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def image_id(self, i: int) -> int:
+        raise NotImplementedError
+
+    def score(self, i: int) -> float:
+        return 1.0
 
 
 class Dataset(_Plugin):
@@ -173,12 +281,32 @@ class Dataset(_Plugin):
     def prepare(self) -> None:
         """Optional one-off work before loading (e.g. generate synthetic files). Idempotent."""
 
+    def check_split(self, split: str) -> None:
+        """Cheap validation-time check that ``split`` can be loaded (its annotation files exist, ...);
+        raise HarnessError or ValueError naming the file. Called for every split a task requests."""
+        if split not in self.splits:
+            raise ValueError(f"dataset '{self.name}' has no split '{split}' (it has: {', '.join(self.splits)})")
+
     def load(self, split: str) -> Samples:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Frozen features a task will read: the runner extracts every request of a dataset before its units
+    run, in one pass over the data for all encoders that need it (and sharded over ranks under torchrun).
+
+    ``view``: optional deterministic function Samples -> Samples (e.g. slide windows, person crops);
+    its result's ``fingerprint()`` keys the cache."""
+
+    split: str
+    reps: tuple[str, ...]
+    transform: str = "resize:224"
+    view: Callable[[Samples], Samples] | None = None
+
+
 class Task(_Plugin):
-    """An evaluation task. ``run(ctx)`` returns a dict with keys:
+    """An evaluation task. ``run(ctx)`` (ctx: a TaskContext) returns a dict with keys:
 
     metrics   flat dict name -> number (what tables show)
     details   anything JSON-serialisable (per-class numbers, curves, choices made)
@@ -187,15 +315,85 @@ class Task(_Plugin):
 
     #: metric names shown in summary tables, in order
     headline: Sequence[str] = ()
-    #: optional ``finalize(self, results: list[dict], out_dir: Path) -> list[str]``: called once per
-    #: (task, dataset) after all units ran, with every encoder's successful result (cross-encoder figures)
-    finalize = None
+    #: True: ``run`` is called on every rank of a torchrun job and shares its work with ``ctx.shard`` /
+    #: ``ctx.gather``; only rank 0's return value is kept. False: only rank 0 runs it.
+    distributed: bool = False
 
     def check(self, encoder: Encoder, dataset: Dataset) -> None:
-        """Raise SpecError-worthy ValueError if this task cannot run on this pair (validation time)."""
+        """Raise ValueError if this task cannot run on this pair (validation time)."""
 
-    def run(self, ctx) -> dict:
+    def requests(self, encoder: Encoder, dataset: Dataset) -> list[FeatureRequest]:
+        """The features ``run`` will read (extracted up front, decoded once for all encoders). Features
+        read without a request are computed on first use instead."""
+        return []
+
+    def run(self, ctx: "TaskContext") -> dict:
         raise NotImplementedError
+
+    def finalize(self, results: list[dict], out_dir: Path) -> list[str]:
+        """Called once per (task, dataset) after all its units ran, with every encoder's successful
+        result (cross-encoder figures); returns the paths written."""
+        return []
+
+
+class TaskContext:
+    """What ``Task.run`` receives: the unit's encoder, dataset and output folder, and the feature engine.
+
+    Members: ``encoder``, ``dataset``, ``task``, ``out_dir`` (Path, this unit's artifact folder),
+    ``device`` ("cpu", "cuda:0", ...), ``seed``, ``rank`` and ``world_size`` (1 outside torchrun),
+    ``forwards`` (encoder forwards this unit caused). ``harness.testing.FakeContext`` implements it
+    for tests.
+    """
+
+    encoder: Encoder
+    dataset: Dataset
+    task: Task
+    out_dir: Path
+    device: str = "cpu"
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    forwards: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def samples(self, split: str) -> Samples:
+        """The dataset's split (loaded once per run)."""
+        raise NotImplementedError
+
+    def features(self, source: "str | Samples", reps: Sequence[str], transform: str = "resize:224") -> dict:
+        """name -> array [N, ...] of frozen features of every item of ``source`` (a split name or a
+        Samples, e.g. a view), in item order: float32 vectors, float16 memory-mapped token maps. Cached."""
+        raise NotImplementedError
+
+    def images(self, source: "str | Samples", indices: Sequence[int], transform: str = "resize:224"):
+        """A normalised float batch [B,3,H,W] on the CPU (for code that must re-encode)."""
+        raise NotImplementedError
+
+    def encode(self, x, reps: Sequence[str]) -> dict:
+        """One frozen forward of a normalised batch through the executor (counted in ``forwards``)."""
+        raise NotImplementedError
+
+    def progress(self, iterable, desc: str = "", total: int | None = None, **kw):
+        """Wrap a long loop: a bar on a terminal, periodic one-line progress in logs."""
+        return iterable
+
+    def log(self, message: str) -> None:
+        """One line to the run's log (rank 0 only)."""
+
+    def shard(self, n: int) -> range:
+        """This rank's contiguous share of ``range(n)`` (all of it outside torchrun)."""
+        per = -(-n // max(1, self.world_size))
+        return range(min(n, self.rank * per), min(n, (self.rank + 1) * per))
+
+    def gather(self, obj: Any) -> list:
+        """Every rank's ``obj``, in rank order, on every rank (``[obj]`` outside torchrun)."""
+        return [obj]
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op outside torchrun)."""
 
 
 @dataclass

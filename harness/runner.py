@@ -17,6 +17,7 @@ import numpy as np
 
 from .api import Encoder, HarnessError
 from .cache import FeatureCache, _canonical, default_cache_dir
+from .execution import Executor
 from .spec import Plan, Unit
 
 VECTOR_DTYPE = np.float32
@@ -38,16 +39,16 @@ def resolve_device(device: str) -> str:
 
 
 class _LoadedEncoders:
-    """Encoders are loaded lazily, once per run, and shared by all units that use them."""
+    """One executor per encoder per run: loaded lazily, once, shared by all units that use it."""
 
     def __init__(self, device: str):
         self.device = device
-        self.loaded: set[int] = set()
+        self.executors: dict[int, Executor] = {}
 
-    def ensure(self, enc: Encoder) -> None:
-        if id(enc) not in self.loaded:
-            enc.load(self.device)
-            self.loaded.add(id(enc))
+    def get(self, enc: Encoder) -> Executor:
+        if id(enc) not in self.executors:
+            self.executors[id(enc)] = Executor(enc, self.device)
+        return self.executors[id(enc)]
 
 
 class Context:
@@ -131,14 +132,7 @@ class Context:
     def encode(self, x, reps: Sequence[str]) -> dict:
         """One frozen forward of a normalised batch: loads the encoder once per run, applies its
         precision (autocast) and counts ``forwards``."""
-        import torch
-
-        enc = self.encoder
-        self._loaded.ensure(enc)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(enc.opts.get("precision", "fp32"))
-        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.inference_mode(), torch.autocast(dev_type, dtype=amp, enabled=amp is not None):
-            out = enc.forward(x.to(self.device, non_blocking=True), list(reps))
+        out = self._loaded.get(self.encoder)(x, reps)
         self.forwards += x.shape[0]
         return out
 

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from harness.execution import encode
+
 from harness import HarnessError
 from harness.plugins import Plugins
 from partbench_plugins.encoders.baselines import Pixels, RandomViT
@@ -22,7 +24,7 @@ def test_random_vit_matches_reference(size):
     enc = RandomViT("r", **TINY, seed=3)
     enc.load("cpu")
     x = torch.randn(2, 3, size, size)
-    out = enc.forward(x, ["cls", "mean_patch", "tokens", "block.0", "block.1"])
+    out = encode(enc, x, ["cls", "mean_patch", "tokens", "block.0", "block.1"])
     sd = {k: v.detach() for k, v in enc.backbone.model.state_dict().items()}
     tokens, blocks = vit_forward(sd, x, heads=2, blocks=(0, 1))
     n = (size // 16) ** 2
@@ -41,11 +43,11 @@ def test_random_vit_seeded_and_rng_untouched():
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    a = RandomViT("a", **TINY, seed=0).forward(x, ["cls"])["cls"]
+    a = encode(RandomViT("a", **TINY, seed=0), x, ["cls"])["cls"]
     after = torch.rand(3)
     assert torch.equal(before, after), "building the random ViT must not consume the global RNG"
-    b = RandomViT("b", **TINY, seed=0).forward(x, ["cls"])["cls"]
-    c = RandomViT("c", **TINY, seed=1).forward(x, ["cls"])["cls"]
+    b = encode(RandomViT("b", **TINY, seed=0), x, ["cls"])["cls"]
+    c = encode(RandomViT("c", **TINY, seed=1), x, ["cls"])["cls"]
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
@@ -65,16 +67,16 @@ def test_random_vit_errors():
         RandomViT("r", img_size=100)
     enc = RandomViT("r", **TINY)
     with pytest.raises(HarnessError, match="unsupported representation"):
-        enc.forward(torch.randn(1, 3, 64, 64), ["projected"])
+        encode(enc, torch.randn(1, 3, 64, 64), ["projected"])
     with pytest.raises(HarnessError, match="multiples of the patch size"):
-        enc.forward(torch.randn(1, 3, 60, 64), ["cls"])
+        encode(enc, torch.randn(1, 3, 60, 64), ["cls"])
 
 
 def test_random_vit_bf16_returns_float32():
     enc = RandomViT("r", **TINY, precision="bf16")
     x = torch.randn(2, 3, 64, 64)
-    out = enc.forward(x, ["cls"])["cls"]
-    ref = RandomViT("r", **TINY).forward(x, ["cls"])["cls"]
+    out = encode(enc, x, ["cls"])["cls"]
+    ref = encode(RandomViT("r", **TINY), x, ["cls"])["cls"]
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, atol=0.1, rtol=0.05)
 
@@ -83,7 +85,7 @@ def test_pixels():
     enc = Pixels("p", grid=4, patch_size=16)
     enc.load("cpu")
     x = torch.randn(2, 3, 32, 48)
-    out = enc.forward(x, ["cls", "mean_patch", "tokens"])
+    out = encode(enc, x, ["cls", "mean_patch", "tokens"])
     # cls: 4x4 area means of the 32x48 image (8x12 cells), channel-major flattening
     cells = x.reshape(2, 3, 4, 8, 4, 12).mean(dim=(3, 5))
     torch.testing.assert_close(out["cls"], cells.reshape(2, -1))
@@ -94,5 +96,5 @@ def test_pixels():
     torch.testing.assert_close(tok[:, 1 + 4], x[:, :, 16:32, 16:32].reshape(2, -1))  # row 1, col 1
     torch.testing.assert_close(tok[:, 0], tok[:, 1:].mean(1))
     with pytest.raises(HarnessError, match="unsupported representation"):
-        enc.forward(x, ["block.0"])
+        encode(enc, x, ["block.0"])
     assert not enc.supports("block.0") and not enc.supports("projected")

@@ -14,6 +14,8 @@ import re
 import pytest
 import torch
 
+from harness.execution import encode
+
 from harness import HarnessError
 from harness.plugins import Plugins
 from partbench_plugins.encoders.beit import BEiT
@@ -302,7 +304,7 @@ def test_official_layout_matches_reference(method, files):
     assert enc.num_blocks == DEPTH and enc.arch.grid == GRID and enc.arch.embed_dim == D
 
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    out = enc.forward(x, REPS)
+    out = encode(enc, x, REPS)
     tokens, blocks = reference(method, sd, x)
     check_reps(out, tokens, blocks)
     assert "checkpoint_sha256" in enc.identity() and len(enc.identity()["checkpoint_sha256"]) == 64
@@ -321,11 +323,11 @@ def test_other_official_files(method, variant, files):
         assert enc.load_report["ignored"]["mask_token"] == 1
     x = torch.randn(1, 3, 224, 224)
     tokens, blocks = reference(method, backbone_sd(method, obj, variant), x)
-    check_reps(enc.forward(x, REPS), tokens, blocks)
+    check_reps(encode(enc, x, REPS), tokens, blocks)
     if variant == "backbone":
         assert not enc.supports("projected")
         with pytest.raises(HarnessError, match="projected"):
-            enc.forward(x, ["projected"])
+            encode(enc, x, ["projected"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -352,7 +354,7 @@ def test_mocov3_projection(projection, files):
     path, obj = files[("mocov3", "")]
     enc = encoder("mocov3", path, projection=projection)
     x = torch.randn(2, 3, 224, 224)
-    out = enc.forward(x, ["projected", "cls"])
+    out = encode(enc, x, ["projected", "cls"])
     sd = obj["state_dict"]
     ref = moco_mlp_ref(sd, "module.base_encoder.head.", out["cls"], 3)
     if projection == "predictor":
@@ -368,7 +370,7 @@ def test_dino_ibot_projection(method, network, files):
     path, obj = files[(method, "")]
     enc = encoder(method, path, network=network)
     x = torch.randn(2, 3, 224, 224)
-    out = enc.forward(x, ["projected", "cls", "tokens"])
+    out = encode(enc, x, ["projected", "cls", "tokens"])
     prefix = "" if network == "teacher" else "module."
     net = obj[network]
     bb = {k[len(prefix + "backbone."):]: v for k, v in net.items() if k.startswith(prefix + "backbone.")}
@@ -388,7 +390,7 @@ def test_dino_head_uses_weight_norm_not_plain_linear(files):
     path, obj = files[("dino", "")]
     enc = encoder("dino", path)
     x = torch.randn(1, 3, 224, 224)
-    out = enc.forward(x, ["projected", "cls"])
+    out = encode(enc, x, ["projected", "cls"])
     head = {k[5:]: v for k, v in obj["teacher"].items() if k.startswith("head.")}
     h = out["cls"]
     for i in (0, 2, 4):
@@ -406,7 +408,7 @@ def test_pos_embed_interpolation_320(method, files):
     path, obj = files[(method, "")]
     enc = encoder(method, path)
     x = torch.randn(1, 3, 320, 256)  # 20 x 16 grid from a 14 x 14 table
-    out = enc.forward(x, REPS)
+    out = encode(enc, x, REPS)
     assert out["tokens"].shape == (1, 1 + 20 * 16, D)
     tokens, blocks = reference(method, backbone_sd(method, obj), x)
     check_reps(out, tokens, blocks)
@@ -427,7 +429,7 @@ def test_beit_rel_pos_table_at_320(tmp_path):
     enc = encoder("beit", path)
     g = 20
     x = torch.randn(1, 3, 16 * g, 16 * g)
-    out = enc.forward(x, ["tokens"])
+    out = encode(enc, x, ["tokens"])
     n = g * g + 1
     bias = torch.empty(HEADS, n, n)
     bias[:] = table[0][:, None, None]
@@ -440,7 +442,7 @@ def test_beit_rel_pos_table_at_320(tmp_path):
 
 def test_beit_rel_pos_resample_keeps_source_offsets():
     """The geometric resampling places source offsets 0, +-1 at 0, +-1: those values are kept exactly."""
-    from partbench_plugins.encoders._vit import resize_rel_pos_table
+    from partbench_plugins.encoders.vit_architecture import resize_rel_pos_table
 
     g, src = 4, 7
     table = torch.randn(src * src + 3, 2, generator=torch.Generator().manual_seed(0))
@@ -523,7 +525,7 @@ def test_strict_lists_keys_and_non_strict_reports_them(tmp_path):
     enc.load("cpu")
     assert enc.load_report["missing"] == ["blocks.1.mlp.fc2.bias"]
     assert enc.load_report["unexpected"] == ["blocks.0.extra_scale"]
-    assert enc.forward(torch.randn(1, 3, 224, 224), ["cls"])["cls"].shape == (1, D)
+    assert encode(enc, torch.randn(1, 3, 224, 224), ["cls"])["cls"].shape == (1, D)
 
 
 class Opaque:
@@ -559,7 +561,7 @@ def test_num_heads_matters_and_is_checked(files):
 def test_cae_paper_ln_eps(files):
     path, obj = files[("cae", "")]
     x = torch.randn(1, 3, 224, 224)
-    out = encoder("cae", path, ln_eps=1e-5).forward(x, ["cls"])
+    out = encode(encoder("cae", path, ln_eps=1e-5), x, ["cls"])
     sd = backbone_sd("cae", obj)
     tokens, _ = vit_forward(sd, x, heads=HEADS, eps=1e-5)
     torch.testing.assert_close(out["cls"], tokens[:, 0], atol=ATOL, rtol=ATOL)

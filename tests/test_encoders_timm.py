@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from harness.execution import encode
+
 from harness import HarnessError
 from harness.compat import import_timm
 from partbench_plugins.encoders.timm_model import TimmModel
@@ -28,7 +30,7 @@ def test_matches_reference(ckpt, size):
     enc = TimmModel("t", model="vit_tiny_patch16_224", checkpoint=str(path), strip_prefixes=["module."],
                     model_kwargs=KW)
     x = torch.randn(2, 3, size, size)
-    out = enc.forward(x, ["cls", "mean_patch", "tokens", "block.0", "block.1"])
+    out = encode(enc, x, ["cls", "mean_patch", "tokens", "block.0", "block.1"])
     assert enc.load_report["missing"] == [] and enc.load_report["unexpected"] == []
     assert enc.load_report["ignored"] == {"checkpoint['epoch']": 1}
     # timm resamples the position embedding itself (antialiased bicubic), unlike the method plugins

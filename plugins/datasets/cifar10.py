@@ -66,8 +66,8 @@ def read_batch(path: Path, num_classes: int):
 class ArraySamples(Samples):
     """Samples backed by an in-memory uint8 [N,H,W,3] array."""
 
-    def __init__(self, keys, labels, classes, summary, pixels: np.ndarray):
-        super().__init__(keys, labels, classes, summary)
+    def __init__(self, keys, labels, classes, summary, pixels: np.ndarray, files=()):
+        super().__init__(keys, labels, classes, summary, files=files)
         self.pixels = pixels
 
     def image(self, i: int) -> Image.Image:
@@ -115,7 +115,7 @@ class Cifar10(Dataset):
             keys = [keys[j] for j in keep]
             summary["dropped_per_class_limit"] = summary["images"] - summary["kept"]
         summary["per_class"] = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
-        return ArraySamples(keys, labels, classes, summary, pixels)
+        return ArraySamples(keys, labels, classes, summary, pixels, files=[d / "batches.meta", *(d / f for f in files)])
 
 
 @hookimpl

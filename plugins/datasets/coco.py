@@ -30,8 +30,8 @@ import numpy as np
 
 from harness import Dataset, HarnessError, Option, hookimpl
 
-from ._common import (CROP_RULE_COUNTERS, box_outside, crop_samples, distinct_ids_check, expand, half_distances,
-                      kept_crops, need_dir, need_file, positive, subsample_per_class)
+from ._common import distinct_ids_check, expand, need_dir, need_file, positive, subsample_per_class
+from .part_crops import CROP_RULE_COUNTERS, box_outside, crop_samples, half_distances, kept_crops
 
 DEFAULT_KEYPOINTS = [1, 11, 16]  # nose, right_wrist, left_ankle (1-based, standard 17-name order)
 SET_OF_SPLIT = {"all": "train2017", "train": "train2017", "test": "val2017"}
@@ -259,7 +259,7 @@ class CocoParts(Dataset):
         items, classes, summary = read_coco_parts(ann, img, list(o["keypoints"]),
                                                   o.get("distance", "within_person"), o.get("min_visibility", 2))
         summary["split"] = split
-        return crop_samples(items, classes, summary)
+        return crop_samples(items, classes, summary, files=[ann])
 
 
 class CocoObjects(Dataset):
@@ -292,7 +292,7 @@ class CocoObjects(Dataset):
         per_class = Counter(lab for _, lab, _, _ in items)
         summary["per_class"] = {classes[c]: per_class.get(c, 0) for c in range(len(classes))}
         summary["split"] = split
-        return crop_samples(items, classes, summary)
+        return crop_samples(items, classes, summary, files=[ann])
 
 
 @hookimpl

@@ -23,8 +23,8 @@ import numpy as np
 
 from harness import Dataset, HarnessError, Option, hookimpl
 
-from ._common import (CROP_RULE_COUNTERS, crop_samples, distinct_ids_check, expand, half_distances, image_size,
-                      kept_crops, need_dir, read_rows)
+from ._common import distinct_ids_check, expand, image_size, need_dir, read_rows
+from .part_crops import CROP_RULE_COUNTERS, crop_samples, half_distances, kept_crops
 
 DEFAULT_KEYPOINTS = [11, 12, 9, 14]  # right eye, right leg, left wing, tail (1-based ids of parts.txt)
 
@@ -133,7 +133,11 @@ class CubParts(Dataset):
         items, classes, summary = read_cub_parts(self.opts["root"], list(self.opts["keypoints"]), split,
                                                  self.opts.get("check_images", True))
         summary["split"] = split
-        return crop_samples(items, classes, summary)
+        root = expand(self.opts["root"])
+        files = [root / "images.txt", root / "parts" / "parts.txt", root / "parts" / "part_locs.txt"]
+        if split != "all":
+            files.append(root / "train_test_split.txt")
+        return crop_samples(items, classes, summary, files=files)
 
 
 @hookimpl

@@ -22,8 +22,8 @@ from PIL import Image
 
 from harness import Dataset, HarnessError, Option, Samples, hookimpl
 
-from ._common import (SourceCache, expand, image_size, need_dir, open_rgb, positive, read_rows,
-                      subsample_per_class)
+from ._common import expand, image_size, need_dir, open_rgb, positive, read_rows, subsample_per_class
+from .part_crops import SourceCache
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GRID, PATCH, STRIDE, CROP, RESIZE = 7, 56, 28, 224, 256
@@ -63,7 +63,7 @@ class FileSamples(Samples):
     """Whole images read from files (decoded on demand)."""
 
     def __init__(self, keys, labels, classes, summary, paths):
-        super().__init__(keys, labels, classes, summary)
+        super().__init__(keys, labels, classes, summary, files=paths)
         self.paths = [str(p) for p in paths]
 
     def image(self, i: int) -> Image.Image:
@@ -130,7 +130,7 @@ class PatchSamples(Samples):
     CACHE = 4
 
     def __init__(self, keys, labels, classes, summary, paths, upsample: str):
-        super().__init__(keys, labels, classes, summary)
+        super().__init__(keys, labels, classes, summary, files=paths)
         self.paths = [str(p) for p in paths]  # one per image; item i is patch i % 49 of image i // 49
         self.upsample = upsample
         self._sources = SourceCache(self.CACHE)

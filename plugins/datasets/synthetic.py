@@ -42,7 +42,8 @@ from harness import Dataset, HarnessError, Option, hookimpl
 
 from . import coco as coco_mod
 from . import cub as cub_mod
-from ._common import crop_samples, expand, positive
+from ._common import expand, positive
+from .part_crops import crop_samples
 
 VERSION = 1
 MARKER = "synthetic.json"
@@ -397,7 +398,7 @@ class SyntheticParts(Dataset):
             ann, img = coco_mod.locate(root / "coco", None, None, "instances", split)
             items, classes, summary = coco_mod.read_coco_objects(ann, img, 32.0, 1.25)
         summary.update(split=split, format=fmt, root=str(root))
-        return crop_samples(items, classes, summary)
+        return crop_samples(items, classes, summary, files=[root / MARKER])
 
 
 @hookimpl

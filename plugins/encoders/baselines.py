@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from harness import Encoder, HarnessError, Option, hookimpl
 from harness.compat import import_timm
 
-from ._vit import Arch, Backbone, TokenEncoder, _seeded, build_model, with_defaults
+from .encoder_bases import TokenEncoder, seeded, with_defaults
+from .vit_architecture import Arch, Backbone, build_model
 
 
 def _positive(v):
@@ -51,6 +52,7 @@ class RandomViT(TokenEncoder):
             raise HarnessError(f"encoder '{name}': img_size {o['img_size']} is not a multiple of "
                                f"patch_size {o['patch_size']}")
         self.num_blocks = o["depth"]
+        self.embed_dim, self.patch_size = o["embed_dim"], o["patch_size"]
         self.arch = Arch(family="vit", embed_dim=o["embed_dim"], depth=o["depth"], num_heads=o["num_heads"],
                          patch_size=o["patch_size"], grid=o["img_size"] // o["patch_size"],
                          mlp_ratio=float(o["mlp_ratio"]), ln_eps=1e-6)
@@ -64,7 +66,7 @@ class RandomViT(TokenEncoder):
 
     def load(self, device: str = "cpu") -> None:
         if self.backbone is None:
-            with _seeded(self.opts["seed"]):
+            with seeded(self.opts["seed"]):
                 self.backbone = Backbone(build_model(self.arch), self.arch)
         self._place(device)
 

@@ -19,7 +19,9 @@ import torch
 
 from harness import hookimpl
 
-from ._vit import CheckpointEncoder, Split, count_by_prefix, rel_pos_index
+from .checkpoint_reading import count_by_prefix
+from .encoder_bases import CheckpointEncoder, Split
+from .vit_architecture import rel_pos_index
 
 _IGNORED = ("mask_token", "lm_head.", "cls_pt_layers.")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from harness import Option, hookimpl
 
-from ._vit import CheckpointEncoder, Split, count_by_prefix, strip_prefix
+from .checkpoint_reading import count_by_prefix, strip_prefix
+from .encoder_bases import CheckpointEncoder, Split
 
 
 class CAE(CheckpointEncoder):

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from harness import Option, hookimpl
 
-from ._vit import CheckpointEncoder, Split, count_by_prefix, is_state_dict
+from .checkpoint_reading import count_by_prefix, is_state_dict
+from .encoder_bases import CheckpointEncoder, Split
 
 
 class DeiT(CheckpointEncoder):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from harness import hookimpl
 
-from ._dino_common import DINOLike
+from .dino_family import DINOLike
 
 
 class DINO(DINOLike):

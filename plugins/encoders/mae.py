@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from harness import hookimpl
 
-from ._vit import CheckpointEncoder, Split, count_by_prefix
+from .checkpoint_reading import count_by_prefix
+from .encoder_bases import CheckpointEncoder, Split
 
 _NOT_ENCODER = ("decoder_", "mask_token")
 

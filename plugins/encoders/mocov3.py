@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from harness import HarnessError, Option, hookimpl
 
-from ._vit import CheckpointEncoder, Split, count_by_prefix, strip_prefix
+from .checkpoint_reading import count_by_prefix, strip_prefix
+from .encoder_bases import CheckpointEncoder, Split
 
 BASE = "module.base_encoder."
 

@@ -7,24 +7,25 @@ that is a state dict, else the file itself), ``strip_prefixes`` (removed from ke
 position-embedding resampling; note timm routes any dict with ``mask_token`` to its DINOv2 converter, so
 BEiT/CAE-style files should use the dedicated plugins), ``model_kwargs`` (passed to ``timm.create_model``,
 e.g. ``{num_classes: 0}`` for a backbone-only file, ``{img_size: 320}``).
-Representations: cls / mean_patch / tokens from ``forward_features`` (after the model's final norm;
-register tokens dropped, CLS first), ``block.i`` from forward hooks on ``model.blocks[i]``. The model must
+Representations: cls / mean_patch / tokens (after the model's final norm, register tokens dropped, CLS
+first) and ``block.i`` (raw block outputs), all from timm's own ``forward_intermediates``. The model must
 have a CLS token. Inputs must match the model's ``img_size`` unless the architecture supports
-``dynamic_img_size`` (tried automatically).
+``dynamic_img_size`` (tried automatically). The checkpoint is read, mapped and checked against the
+architecture at spec validation (memory-mapped, nothing loaded), like the paper encoders' files.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from harness import HarnessError, Option, file_sha256, hookimpl
 from harness.compat import import_timm
 
-from ._vit import (_DTYPES, TokenEncoder, _seeded, guess_layout, is_state_dict, load_strict, read_checkpoint,
-                   select_representations)
+from .checkpoint_reading import check_state_dict, guess_layout, is_state_dict, read_checkpoint
+from .encoder_bases import TokenEncoder, seeded
 
 
 class TimmModel(TokenEncoder):
@@ -45,7 +46,7 @@ class TimmModel(TokenEncoder):
     def __init__(self, name: str, **opts: Any):
         super().__init__(name, **opts)
         self.model = None
-        self.load_report: dict = {}
+        self._mapped: tuple[dict, str, list[str]] | None = None
         self._sha: str | None = None
 
     @property
@@ -62,15 +63,20 @@ class TimmModel(TokenEncoder):
                 raise HarnessError(f"encoder '{self.name}': unknown timm model '{name}'"
                                    f"{did_you_mean(name, timm.list_models())}")
             kwargs = dict(self.opts.get("model_kwargs") or {})
-            with _seeded(0):
+            with seeded(0):
                 try:
                     model = timm.create_model(name, pretrained=False, dynamic_img_size=True, **kwargs)
                 except TypeError:  # architecture without dynamic_img_size
                     model = timm.create_model(name, pretrained=False, **kwargs)
             if getattr(model, "cls_token", None) is None:
                 raise HarnessError(f"encoder '{self.name}': timm model '{name}' has no CLS token")
+            if not hasattr(model, "forward_intermediates"):
+                raise HarnessError(f"encoder '{self.name}': timm model '{name}' has no forward_intermediates")
             self.model = model.eval()
             self.num_blocks = len(model.blocks) if hasattr(model, "blocks") else None
+            self.embed_dim = int(getattr(model, "embed_dim", 0) or getattr(model, "num_features", 0)) or None
+            patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+            self.patch_size = int(patch[0]) if isinstance(patch, (tuple, list)) else patch
         return self.model
 
     def supports(self, rep: str) -> bool:
@@ -103,9 +109,11 @@ class TimmModel(TokenEncoder):
         raise HarnessError(f"{self.path}: expected {expected}; found {guess_layout(obj)} "
                            f"(set checkpoint_key)")
 
-    def load(self, device: str = "cpu") -> None:
-        model = self._build()
-        if not self.load_report:
+    def _map(self) -> tuple[dict, str, list[str]]:
+        """Read the file (memory-mapped), pick the state dict, strip prefixes, apply timm's filter and
+        check keys and shapes against the architecture; once."""
+        if self._mapped is None:
+            model = self._build()
             obj = read_checkpoint(self.path, weights_only=self.opts["weights_only"],
                                   expected=f"a checkpoint for timm model '{self.opts['model']}'")
             sd, source, other = self._state_dict(obj)
@@ -120,41 +128,52 @@ class TimmModel(TokenEncoder):
                         raise HarnessError(f"{self.path}: timm's checkpoint filter for '{self.opts['model']}' "
                                            f"failed ({type(exc).__name__}: {exc}); set timm_filter: false or "
                                            f"check the file") from exc
-            rep = load_strict(model, dict(sd), strict=self.opts["strict"], where=self.path,
-                              what=f"timm '{self.opts['model']}'")
-            self.load_report = {"source": source, "missing": rep["missing"], "unexpected": rep["unexpected"],
-                                "ignored": {f"checkpoint['{k}']": 1 for k in other}}
-        self.device = device
-        model.to(device).requires_grad_(False)
-        self.backbone = model  # marks "loaded" for TokenEncoder.forward
+            check_state_dict(model, sd, strict=self.opts["strict"], where=self.path,
+                             what=f"timm '{self.opts['model']}'")
+            self._mapped = (dict(sd), source, other)
+        return self._mapped
 
-    def forward(self, x: torch.Tensor, reps: Sequence[str]) -> dict:
+    def validate(self) -> None:
+        self._map()  # unreadable, wrong or mismatching files fail at spec validation
+
+    def load(self, device: str = "cpu") -> None:
+        model = self._build()
         if not self.load_report:
-            self.load(self.device)
-        self._check_reps(reps)
-        m = self.model
-        block_ids = sorted(int(r.split(".", 1)[1]) for r in reps if r.startswith("block."))
-        npt = int(getattr(m, "num_prefix_tokens", 1))
-        captured: dict[int, torch.Tensor] = {}
-        hooks = [m.blocks[i].register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out))
-                 for i in block_ids]
-        dtype = _DTYPES[self.opts.get("precision", "fp32")]
-        dev = torch.device(self.device)
-        try:
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-                feats = m.forward_features(x.to(dev, dtype=torch.float32))
-        finally:
-            for h in hooks:
-                h.remove()
-        if feats.ndim != 3:
-            raise HarnessError(f"encoder '{self.name}': timm '{self.opts['model']}' forward_features gave shape "
-                               f"{tuple(feats.shape)}, not [B, tokens, D]")
+            sd, source, other = self._map()
+            own = model.state_dict()
+            report = check_state_dict(model, sd, strict=self.opts["strict"], where=self.path,
+                                      what=f"timm '{self.opts['model']}'")
+            model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+            self.load_report = {"source": source, "missing": report["missing"], "unexpected": report["unexpected"],
+                                "ignored": {f"checkpoint['{k}']": 1 for k in other}}
+            self._mapped = ({}, source, other)  # drop the memory map
+        self.device = device
+        model.to(device).eval().requires_grad_(False)
+        self.backbone = _TimmIntermediates(model)
 
-        def drop_registers(t):
-            return torch.cat([t[:, :1], t[:, npt:]], dim=1) if npt > 1 else t
 
-        out = select_representations(reps, drop_registers(feats), lambda i: drop_registers(captured[i]))
-        return {k: v.float() for k, v in out.items()}
+class _TimmIntermediates(torch.nn.Module):
+    """timm's ``forward_intermediates`` in the TokenEncoder contract: CLS-first token sequences with
+    register tokens dropped, final-norm tokens and raw block outputs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.npt = int(getattr(model, "num_prefix_tokens", 1))
+
+    def _tokens(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[:, :1], t[:, self.npt:]], dim=1) if self.npt > 1 else t
+
+    def forward_intermediates(self, x: torch.Tensor, block_ids=(), final: bool = True):
+        ids = sorted(block_ids)
+        if not ids:
+            return self._tokens(self.model.forward_features(x)), {}
+        out = self.model.forward_intermediates(x, indices=ids, norm=False, output_fmt="NLC",
+                                               return_prefix_tokens=True, intermediates_only=not final,
+                                               stop_early=not final)
+        tokens, inter = (None, out) if not final else out
+        blocks = {i: self._tokens(torch.cat([prefix, spatial], dim=1)) for i, (spatial, prefix) in zip(ids, inter)}
+        return (self._tokens(tokens) if tokens is not None else None), blocks
 
 
 @hookimpl

@@ -321,8 +321,8 @@ class ProbeTask(Task):
         if chosen["train_split"] == chosen["test_split"]:
             raise ValueError(f"train_split and test_split are both '{chosen['train_split']}': "
                              "a probe must be evaluated on data it was not trained on")
-        dim = getattr(encoder, "embed_dim", None) or getattr(getattr(encoder, "arch", None), "embed_dim", None)
-        if isinstance(dim, int):  # else (e.g. read from a checkpoint at load time) checked at run time
+        dim = encoder.embed_dim if rep in ("cls", "mean_patch", "tokens") else None
+        if isinstance(dim, int):  # else (unknown before loading, or a projection) checked at run time
             try:
                 self.validate_dim(dim)
             except HarnessError as exc:

@@ -2,13 +2,63 @@
 or a backbone-only teacher file, with the DINOHead-style projection head as 'projected'."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from harness import Option
+from harness import HarnessError, Option
 
-from ._vit import (CheckpointEncoder, DINOHead, Split, count_by_prefix, is_state_dict, map_weight_norm_keys,
-                   strip_prefix)
+from .checkpoint_reading import count_by_prefix, is_state_dict, map_weight_norm_keys, strip_prefix
+from .encoder_bases import CheckpointEncoder, Split
+
+
+class WeightNormLinear(nn.Module):
+    """``nn.utils.weight_norm(nn.Linear(in, out, bias=False))`` as stored: W = g * v / ||v|| per row."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1))
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.normal_(self.weight_v, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
+        return F.linear(x, w.to(x.dtype))
+
+
+class DINOHead(nn.Module):
+    """DINO / iBOT (CLS branch) projection head: MLP (Linear-GELU ... Linear) -> L2-normalise ->
+    weight-normalised Linear without bias. Keys: ``mlp.<i>.*``, ``last_layer.weight_g/v``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
+
+    def __init__(self, dims: Sequence[int], out_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = WeightNormLinear(dims[-1], out_dim)
+
+    @classmethod
+    def from_state_dict(cls, sd: dict, where: str) -> "DINOHead":
+        """Build from ``mlp.0.weight``, ``mlp.2.weight``, ... and ``last_layer.weight_v`` shapes."""
+        dims, i = [], 0
+        while f"mlp.{i}.weight" in sd:
+            w = sd[f"mlp.{i}.weight"]
+            if not dims:
+                dims.append(w.shape[1])
+            dims.append(w.shape[0])
+            i += 2  # Linear, GELU, Linear, ... (no BN: use_bn_in_head is False in the official runs)
+        if not dims or "last_layer.weight_v" not in sd:
+            raise HarnessError(f"{where}: projection head needs 'mlp.0.weight' and 'last_layer.weight_v' "
+                               f"(DINOHead layout)")
+        return cls(dims, sd["last_layer.weight_v"].shape[0])
 
 
 class DINOLike(CheckpointEncoder):
