@@ -107,6 +107,8 @@ class Encoder(_Plugin):
       tokens      [B,1+N,D] all tokens after the final norm (CLS first)
       projected   [B,P]   projection-head output (only where the method has one)
       block.<i>   [B,1+N,D] raw output of block i (0-based), no final norm; N = (H/p)*(W/p)
+    "1+" is ``prefix_tokens``: the CLS token (models without one declare 0 and have no ``cls``);
+    register tokens are dropped by the encoder, patch tokens follow in row-major order.
     """
 
     options = {
@@ -123,6 +125,8 @@ class Encoder(_Plugin):
     embed_dim: int | None = None
     #: patch size in pixels (inputs must be multiples of it; dense tasks read maps at 1/patch_size)
     patch_size: int | None = None
+    #: leading non-patch tokens in ``tokens`` and ``block.<i>`` (1: the CLS token; 0: none)
+    prefix_tokens: int = 1
     #: what loading did (source entry, architecture, missing/unexpected/ignored keys); stored in results
     load_report: dict = {}  # replaced, never mutated: subclasses assign a new dict in load()
 

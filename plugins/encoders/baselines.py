@@ -85,6 +85,7 @@ class Pixels(Encoder):
     def __init__(self, name: str, **opts):
         super().__init__(name, **with_defaults(type(self), opts))
         self.device = "cpu"
+        self.patch_size = self.opts["patch_size"]
 
     def load(self, device: str = "cpu") -> None:
         self.device = device
