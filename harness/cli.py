@@ -46,7 +46,10 @@ def cmd_run(args) -> int:
         return 0
     t0 = time.perf_counter()
     results = run_plan(plan, out, force=args.force, show_progress=not args.no_progress,
-                       cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+                       cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True),
+                       workers=args.workers, encoders_per_pass=args.encoders_per_pass)
+    if not results.main:  # torchrun: rank 0 reports
+        return 0
     fresh = len(results) - results.skipped
     written = report.write_report(out, results, figure=fresh > 0 or not (out / "summary.png").exists())
     print(report.render(results))
@@ -103,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="validate and list the units, compute nothing")
     r.add_argument("--cache-dir", help="feature cache directory (default $HARNESS_CACHE_DIR or ~/.cache/partbench)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="data-loader worker processes for feature extraction (default: spec, else from the CPU count)")
+    r.add_argument("--encoders-per-pass", type=int, metavar="N",
+                   help="encoders fed by one pass over the data (default: all that need it)")
     r.set_defaults(func=cmd_run)
     spec_cmd("validate", "validate a spec without computing anything").set_defaults(func=cmd_validate)
     ls = sub.add_parser("ls", help="list registered encoders, datasets or tasks", parents=[common])

@@ -259,7 +259,7 @@ def auto_block_size(n: int, budget_bytes: int = DEFAULT_BLOCK_BYTES, device: str
 def retrieval_ap(features, labels, *, exclude_self: bool = False, block_size: int | None = None,
                  device: str | torch.device | None = None,
                  progress: Callable[..., Iterable] | None = None,
-                 backend: str | None = None) -> np.ndarray:
+                 backend: str | None = None, part: tuple[int, int] = (0, 1)) -> np.ndarray:
     """Per-query AP, every item a query against the whole set, by cosine similarity.
 
     features [N,D] (numpy or torch; float32 is fine, scores are float64), labels [N] integers:
@@ -272,8 +272,23 @@ def retrieval_ap(features, labels, *, exclude_self: bool = False, block_size: in
     budget (16 bytes per pair on CPU, 64 on accelerators). ``device`` defaults to the features'
     device. ``progress(iterable, desc=, total=)`` wraps the loop over blocks (e.g. ``ctx.progress``).
     ``backend``: None picks numpy kernels on CPU and torch on accelerators; "torch" forces torch
-    (used by the tests to cover that path).
+    (used by the tests to cover that path). ``part=(rank, world)`` computes only every world-th block
+    of queries (see ``retrieval_ap_part``); the other rows are NaN.
     """
+    rows, values = retrieval_ap_part(features, labels, exclude_self=exclude_self, block_size=block_size,
+                                     device=device, progress=progress, backend=backend, part=part)
+    out = np.full(len(labels), math.nan)
+    out[rows] = values
+    return out
+
+
+def retrieval_ap_part(features, labels, *, exclude_self: bool = False, block_size: int | None = None,
+                      device: str | torch.device | None = None, progress: Callable[..., Iterable] | None = None,
+                      backend: str | None = None, part: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, their AP) of this part's blocks. The blocks of queries are formed from the whole
+    set exactly as in a single process and dealt round-robin to ``world`` parts, so the union of all
+    parts equals ``retrieval_ap`` bit for bit (each block is computed by the same operations)."""
+    rank, world = part
     feats = _as_tensor(features, device)
     dev = feats.device
     y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
@@ -296,7 +311,6 @@ def retrieval_ap(features, labels, *, exclude_self: bool = False, block_size: in
         col_label = y[perm]
     else:
         col_label = y
-    out = torch.full((n,), math.nan, dtype=torch.float64, device=dev)
 
     # Queries are grouped by class so that every row of a block has the same number of positives.
     jobs = []
@@ -304,7 +318,9 @@ def retrieval_ap(features, labels, *, exclude_self: bool = False, block_size: in
         members = (y == c).nonzero().flatten()
         for start in range(0, members.numel(), block_size):
             jobs.append((c, members[start:start + block_size]))
+    jobs = jobs[rank::world]
     it = progress(jobs, desc="retrieval AP", total=len(jobs)) if progress else jobs
+    rows, values = [], []
     for c, q in it:
         s = _matmul_t(unit[inv[q]], unit)  # [B, U] float64, |s| <= 1 + rounding
         if not distinct:
@@ -315,8 +331,11 @@ def retrieval_ap(features, labels, *, exclude_self: bool = False, block_size: in
         if exclude_self:  # the query's own column leaves its gallery (its duplicates stay)
             drop = inv[q] if distinct else q
             n_pos -= 1
-        out[q] = _ap_block(s, flags, n_pos, drop=drop, backend=backend)
-    return out.cpu().numpy()
+        rows.append(q.cpu().numpy())
+        values.append(_ap_block(s, flags, n_pos, drop=drop, backend=backend).cpu().numpy())
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(values).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------

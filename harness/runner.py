@@ -7,26 +7,18 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .api import Encoder, HarnessError
+from . import distributed
+from .api import HarnessError, Task
 from .cache import FeatureCache, _canonical, default_cache_dir
-from .execution import Executor
+from .features import FeatureEngine, UnitContext
 from .spec import Plan, Unit
-
-VECTOR_DTYPE = np.float32
-TOKEN_DTYPE = np.float16  # token maps are large; fp16 halves disk and memory traffic
-
-
-def _is_token_rep(rep: str) -> bool:
-    return rep == "tokens" or rep.startswith("block.")
-
 
 def resolve_device(device: str) -> str:
     import torch
@@ -36,140 +28,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"device '{device}' requested but CUDA is not available")
     return device
-
-
-class _LoadedEncoders:
-    """One executor per encoder per run: loaded lazily, once, shared by all units that use it."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.executors: dict[int, Executor] = {}
-
-    def get(self, enc: Encoder) -> Executor:
-        if id(enc) not in self.executors:
-            self.executors[id(enc)] = Executor(enc, self.device)
-        return self.executors[id(enc)]
-
-
-class Context:
-    """What a task sees: its encoder, dataset, output folder, and cached features."""
-
-    def __init__(self, encoder, dataset, task, out_dir: Path, device: str, seed: int, cache: FeatureCache,
-                 loaded: _LoadedEncoders, show_progress: bool = True):
-        self.encoder, self.dataset, self.task = encoder, dataset, task
-        self.out_dir = out_dir
-        self.device = device
-        self.seed = seed
-        self.cache = cache
-        self.forwards = 0
-        self.feature_seconds = 0.0
-        self.cache_hits = 0
-        self._loaded = loaded
-        self._samples: dict = {}
-        self._show_progress = show_progress
-
-    # -- data --------------------------------------------------------------------------------
-    def samples(self, split: str):
-        if split not in self._samples:
-            if split not in self.dataset.splits:
-                raise HarnessError(f"dataset '{self.dataset.name}' has no split '{split}' "
-                                   f"(available: {', '.join(self.dataset.splits)})")
-            self._samples[split] = self.dataset.load(split)
-        return self._samples[split]
-
-    def progress(self, iterable, desc: str = "", total: int | None = None, **kw):
-        from tqdm.auto import tqdm
-
-        # disable=None: tqdm draws only on a terminal, so logs and CI output stay readable
-        return tqdm(iterable, desc=desc, total=total, disable=None if self._show_progress else True, leave=False,
-                    dynamic_ncols=True, **kw)
-
-    def _normalise(self, batch):
-        import torch
-
-        mean = torch.tensor(self.encoder.opts["mean"], dtype=batch.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.encoder.opts["std"], dtype=batch.dtype).view(1, 3, 1, 1)
-        return (batch - mean) / std
-
-    def images(self, split: str, indices: Sequence[int], transform: str = "resize:224"):
-        """A normalised batch [B,3,S,S] for the encoder (for code that must re-encode)."""
-        import torch
-
-        from . import transforms
-
-        s = self.samples(split)
-        return self._normalise(torch.stack([transforms.apply(transform, s.image(int(i))) for i in indices]))
-
-    # -- features ----------------------------------------------------------------------------
-    def feature_key(self, split: str, rep: str, transform: str) -> str:
-        s = self.samples(split)
-        return self.cache.key(encoder=self.encoder.identity(), dataset=self.dataset.identity(), split=split,
-                              items=s.fingerprint(), transform=transform, representation=rep,
-                              precision=self.encoder.opts.get("precision", "fp32"))
-
-    def features(self, split: str, reps: Sequence[str], transform: str = "resize:224") -> dict:
-        for rep in reps:
-            if not self.encoder.supports(rep):
-                raise HarnessError(f"encoder '{self.encoder.name}' has no representation '{rep}' "
-                                   f"(has: {', '.join(self.encoder.representations)})")
-        keys = {rep: self.feature_key(split, rep, transform) for rep in reps}
-        out, missing = {}, []
-        for rep, key in keys.items():
-            arr = self.cache.get(key, mmap=_is_token_rep(rep))
-            if arr is None:
-                missing.append(rep)
-            else:
-                out[rep] = arr
-                self.cache_hits += 1
-        if missing:
-            t0 = time.perf_counter()
-            self._compute(split, missing, transform, keys)
-            self.feature_seconds += time.perf_counter() - t0
-            for rep in missing:
-                out[rep] = self.cache.get(keys[rep], mmap=_is_token_rep(rep))
-        return out
-
-    def encode(self, x, reps: Sequence[str]) -> dict:
-        """One frozen forward of a normalised batch: loads the encoder once per run, applies its
-        precision (autocast) and counts ``forwards``."""
-        out = self._loaded.get(self.encoder)(x, reps)
-        self.forwards += x.shape[0]
-        return out
-
-    def _compute(self, split: str, reps: list[str], transform: str, keys: dict) -> None:
-        enc = self.encoder
-        n, bs = len(self.samples(split)), int(enc.opts.get("batch_size", 64))
-        writers: dict = {}
-
-        def load_batch(start: int):
-            return self.images(split, range(start, min(start + bs, n)), transform)
-
-        starts = list(range(0, n, bs))
-        try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                nxt = pool.submit(load_batch, starts[0]) if starts else None
-                bar = self.progress(starts, desc=f"features {enc.name}/{self.dataset.name}:{split}", unit="batch")
-                for j, start in enumerate(bar):
-                    batch = nxt.result()
-                    if j + 1 < len(starts):  # decode the next batch while this one runs
-                        nxt = pool.submit(load_batch, starts[j + 1])
-                    feats = self.encode(batch, reps)
-                    for rep in reps:
-                        if rep not in feats:
-                            raise HarnessError(f"encoder '{enc.name}' did not return representation '{rep}'")
-                        arr = feats[rep].float().cpu().numpy()
-                        if rep not in writers:
-                            dtype = TOKEN_DTYPE if _is_token_rep(rep) else VECTOR_DTYPE
-                            meta = {"encoder": enc.identity(), "dataset": self.dataset.identity(), "split": split,
-                                    "transform": transform, "representation": rep, "n": n}
-                            writers[rep] = self.cache.open_writer(keys[rep], (n,) + arr.shape[1:], dtype, meta)
-                        writers[rep].write(start, arr)
-            for w in writers.values():
-                w.commit()
-        except BaseException:
-            for w in writers.values():
-                w.abort()
-            raise
 
 
 # -- provenance --------------------------------------------------------------------------------
@@ -221,66 +79,178 @@ def config_hash(cfg: dict) -> str:
 
 # -- running -------------------------------------------------------------------------------------
 class RunSummary(list):
-    """The list of result dicts of a run, plus counts."""
+    """The list of result dicts of a run, plus counts; ``main`` is False on torchrun ranks other than 0."""
 
     skipped = 0
     failed = 0
     forwards = 0
+    main = True
 
 
 def run_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, show_progress: bool = True,
-             cache_dir: str | os.PathLike | None = None, log=print) -> RunSummary:
-    out = Path(out_dir)
+             cache_dir: str | os.PathLike | None = None, log=print, workers: int | None = None,
+             encoders_per_pass: int | None = None) -> RunSummary:
+    """Run every unit of ``plan``; under torchrun every rank calls this and rank 0 writes."""
+    dist, device = distributed.from_env(resolve_device(plan.device))
+    try:
+        return _run(plan, Path(out_dir), force, show_progress, cache_dir, log, workers, encoders_per_pass,
+                    dist, device)
+    finally:
+        dist.barrier()
+        dist.shutdown()
+
+
+def _run(plan, out: Path, force, show_progress, cache_dir, log, workers, encoders_per_pass, dist, device):
+    main = dist.is_main
+    log = log if main else (lambda *a: None)
     cache = FeatureCache(cache_dir or plan.cache_dir or default_cache_dir())
-    cache.sweep_stale()
-    device = resolve_device(plan.device)
-    loaded = _LoadedEncoders(device)
+    if main:
+        cache.sweep_stale()
+    if workers is None:
+        workers = plan.extraction.get("workers")
+    if encoders_per_pass is None:
+        encoders_per_pass = plan.extraction.get("encoders_per_pass")
+    engine = FeatureEngine(cache, device, dist, workers, show_progress, log)
     versions, rev = _versions(), git_revision()
     results = RunSummary()
+    results.main = main
+    # resume: rank 0 decides which units are done, every rank skips the same ones
+    done = dist.broadcast(_finished_units(plan, out, force) if main else None)
+    todo = [u for u in plan.units if u.id not in done]
     groups_touched: set = set()
-    prepared: set = set()
     for i, unit in enumerate(plan.units, 1):
-        cfg = plan.unit_config(unit)
-        chash = config_hash(cfg)
-        res_path = out / "results" / f"{unit.id}.json"
-        if not force and res_path.is_file():
-            try:
-                prev = json.loads(res_path.read_text())
-            except (OSError, ValueError):
-                prev = None
-            if prev and prev.get("status") == "ok" and prev.get("config_hash") == chash:
-                log(f"[{i}/{len(plan.units)}] {unit.id}: done earlier, skipped (use --force to recompute)")
-                prev["reference"] = plan.unit_reference(unit)  # reference numbers may be edited freely
-                results.append(prev)
-                results.skipped += 1
+        if unit.id in done:
+            log(f"[{i}/{len(plan.units)}] {unit.id}: done earlier, skipped (use --force to recompute)")
+            prev = done[unit.id]
+            prev["reference"] = plan.unit_reference(unit)  # reference numbers may be edited freely
+            results.append(prev)
+            results.skipped += 1
+    by_dataset: dict[str, list[Unit]] = {}
+    for u in todo:
+        by_dataset.setdefault(u.dataset, []).append(u)
+    index = {u.id: i for i, u in enumerate(plan.units, 1)}
+    for ds_name, units in by_dataset.items():
+        prefetched, prefetch_errors = _prefetch(plan, units, engine, encoders_per_pass, log)
+        for unit in units:
+            log(f"[{index[unit.id]}/{len(plan.units)}] {unit.id}: running")
+            result = _run_unit(plan, unit, out, engine, prefetched.get(unit.id, 0), prefetch_errors.get(unit.id),
+                               log)
+            if result is None:  # another rank's unit (a rank-0 task)
                 continue
-        log(f"[{i}/{len(plan.units)}] {unit.id}: running")
-        result = _run_unit(plan, unit, cfg, chash, out, device, cache, loaded, prepared, show_progress)
-        result.update(versions=versions, git_revision=rev, spec=str(plan.path), reference=plan.unit_reference(unit))
-        write_json_atomic(res_path, result)
-        results.append(result)
-        results.forwards += result["forwards"]
-        groups_touched.add((unit.task, unit.dataset))
-        if result["status"] != "ok":
-            results.failed += 1
-            log(f"    FAILED: {result['error']}")
-    _finalize(plan, results, out, groups_touched, log)
+            result.update(versions=versions, git_revision=rev, spec=str(plan.path),
+                          reference=plan.unit_reference(unit), world_size=dist.world_size)
+            if main:
+                write_json_atomic(out / "results" / f"{unit.id}.json", result)
+            results.append(result)
+            results.forwards += result["forwards"]
+            groups_touched.add((unit.task, unit.dataset))
+            if result["status"] != "ok":
+                results.failed += 1
+                log(f"    FAILED: {result['error']}")
+    if main:
+        _finalize(plan, results, out, groups_touched, log)
+    results.sort(key=lambda r: index.get(r["unit"], 0))
     return results
 
 
-def _run_unit(plan, unit: Unit, cfg, chash, out: Path, device, cache, loaded, prepared, show_progress) -> dict:
+def _finished_units(plan: Plan, out: Path, force: bool) -> dict:
+    """unit id -> previous result, for units whose result exists with the same configuration."""
+    if force:
+        return {}
+    done = {}
+    for unit in plan.units:
+        res_path = out / "results" / f"{unit.id}.json"
+        if not res_path.is_file():
+            continue
+        try:
+            prev = json.loads(res_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if prev and prev.get("status") == "ok" and prev.get("config_hash") == config_hash(plan.unit_config(unit)):
+            done[unit.id] = prev
+    return done
+
+
+def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: int | None, log):
+    """Extract every feature the units' tasks request, before they run: one pass over each (items,
+    transform) for all encoders that need it (``per_pass`` at a time), sharded over ranks. Returns
+    (forwards attributed to the first unit of each encoder that needed a pass, {unit id: error})."""
+    groups: dict[tuple, dict] = {}
+    errors: dict[str, str] = {}
+    for u in units:
+        enc, ds, task = plan.encoders[u.encoder], plan.datasets[u.dataset], plan.tasks[u.task]
+        try:
+            reqs = task.requests(enc, ds)
+            for r in reqs:
+                base = engine.samples(ds, r.split)
+                source = r.view(base) if r.view is not None else r.split
+                label, samples = engine.resolve(ds, source)
+                g = groups.setdefault((engine.fingerprint(samples), r.transform), {
+                    "source": source, "transform": r.transform, "encoders": {}, "units": {}})
+                reps = g["encoders"].setdefault(u.encoder, [])
+                reps.extend(rep for rep in r.reps if rep not in reps)
+                g["units"].setdefault(u.encoder, []).append(u.id)
+        except Exception as exc:  # noqa: BLE001 - the unit fails, others go on
+            errors[u.id] = _error_text(exc)
+    forwards: dict[str, int] = {}
+    ds = plan.datasets[units[0].dataset]
+    for g in groups.values():
+        names = list(g["encoders"])
+        step = per_pass or len(names)
+        for k in range(0, len(names), step):
+            batch = [n for n in names[k:k + step] if not any(uid in errors for uid in g["units"][n])]
+            while batch:
+                wanted = [(plan.encoders[n], g["encoders"][n]) for n in batch]
+                try:
+                    done = engine.extract(ds, g["source"], g["transform"], wanted, collective=True)
+                except _encoder_failure() as exc:
+                    failed = next(n for n in batch if id(plan.encoders[n]) == exc.encoder_id)
+                    for uid in g["units"][failed]:
+                        errors[uid] = str(exc)
+                    batch.remove(failed)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a data problem: every unit of the pass fails alike
+                    for n in batch:
+                        for uid in g["units"][n]:
+                            errors[uid] = _error_text(exc)
+                    break
+                for n in batch:
+                    first = g["units"][n][0]
+                    forwards[first] = forwards.get(first, 0) + done[id(plan.encoders[n])]
+                break
+    return forwards, errors
+
+
+def _encoder_failure():
+    from .features import EncoderFailure
+
+    return EncoderFailure
+
+
+def _error_text(exc: BaseException) -> str:
+    from .features import EncoderFailure
+
+    return str(exc) if isinstance(exc, EncoderFailure) else f"{type(exc).__name__}: {exc}"
+
+
+def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwards: int, prefetch_error,
+              log) -> dict | None:
     enc, ds, task = plan.encoders[unit.encoder], plan.datasets[unit.dataset], plan.tasks[unit.task]
-    art_dir = out / "artifacts" / unit.id
+    main = engine.dist.is_main
+    if not (main or task.distributed):
+        return None
+    art_dir = out / "artifacts" / unit.id if main else Path(tempfile.mkdtemp(prefix=f"harness-rank{engine.dist.rank}-"))
     art_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(enc, ds, task, art_dir, device, plan.seed, cache, loaded, show_progress)
+    ctx = UnitContext(engine, enc, ds, task, art_dir, plan.seed, log)
+    cfg = plan.unit_config(unit)
     result = {"unit": unit.id, "encoder": unit.encoder, "dataset": unit.dataset, "task": unit.task,
               "task_plugin": task.plugin_name, "headline": list(task.headline), "config": cfg,
-              "config_hash": chash, "status": "ok", "metrics": {}, "details": {}, "artifacts": [], "error": None}
+              "config_hash": config_hash(cfg), "status": "ok", "metrics": {}, "details": {}, "artifacts": [],
+              "error": None}
     t0 = time.perf_counter()
     try:
-        if id(ds) not in prepared:
-            ds.prepare()
-            prepared.add(id(ds))
+        if prefetch_error:
+            raise HarnessError(prefetch_error)
         produced = task.run(ctx) or {}
         unknown = set(produced) - {"metrics", "details", "artifacts"}
         if unknown:
@@ -288,24 +258,23 @@ def _run_unit(plan, unit: Unit, cfg, chash, out: Path, device, cache, loaded, pr
         result["metrics"] = produced.get("metrics", {})
         result["details"] = produced.get("details", {})
         result["artifacts"] = [os.path.relpath(p, out) for p in produced.get("artifacts", [])]
-        load_report = getattr(enc, "load_report", None)
-        if load_report:
-            result["details"]["checkpoint_load_report"] = load_report
+        if enc.load_report:
+            result["details"]["checkpoint_load_report"] = enc.load_report
     except Exception as exc:  # noqa: BLE001 - failure isolation: record and go on
         result["status"] = "failed"
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["error"] = str(exc) if prefetch_error else _error_text(exc)
         result["traceback"] = traceback.format_exc()
-    result["forwards"] = ctx.forwards
+    result["forwards"] = ctx.forwards + prefetch_forwards
     result["cache_hits"] = ctx.cache_hits
     result["timings"] = {"total_s": round(time.perf_counter() - t0, 4), "features_s": round(ctx.feature_seconds, 4)}
-    return result
+    return result if main else None
 
 
 def _finalize(plan: Plan, results: list, out: Path, groups: set, log) -> None:
     """Cross-encoder artifacts (e.g. side-by-side galleries), once per touched (task, dataset)."""
     for task_name, ds_name in sorted(groups):
         task = plan.tasks[task_name]
-        if getattr(type(task), "finalize", None) is None:
+        if type(task).finalize is Task.finalize:
             continue
         group = [r for r in results if r["task"] == task_name and r["dataset"] == ds_name and r["status"] == "ok"]
         if not group:
@@ -337,6 +306,7 @@ def run_spec(path, out_dir=None, overrides=(), force=False, plugins=None, show_p
     out = output_dir(plan, out_dir)
     results = run_plan(plan, out, force=force, show_progress=show_progress, cache_dir=cache_dir,
                        log=log or (lambda *a: None))
-    report.write_report(out, results)
+    if results.main:
+        report.write_report(out, results)
     return results
 

@@ -21,7 +21,12 @@ from .api import REQUIRED, HarnessError, Option, SpecError
 from .plugins import Plugins, did_you_mean
 
 TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
-            "output_dir", "cache_dir", "reference"}
+            "output_dir", "cache_dir", "reference", "extraction"}
+#: ``extraction:`` keys -> (check, meaning)
+EXTRACTION_KEYS = {"workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                               "data-loader worker processes (0: decode in the main process)"),
+                   "encoders_per_pass": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                                         "encoders fed by one pass over the data")}
 ENTRY_KEYS = {"plugin", "options"}
 SECTIONS = {"encoders": "encoder", "datasets": "dataset", "tasks": "task"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -192,6 +197,8 @@ class Plan:
     config: dict = field(default_factory=dict)
     #: published numbers to show beside ours: {task: {dataset: {encoder: {metric: value}}}}
     reference: dict = field(default_factory=dict)
+    #: feature extraction settings: workers, encoders_per_pass (absent = automatic)
+    extraction: dict = field(default_factory=dict)
 
     def unit_reference(self, unit: Unit) -> dict:
         return self.reference.get(unit.task, {}).get(unit.dataset, {}).get(unit.encoder, {})
@@ -266,8 +273,17 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
         if k in raw and not isinstance(raw[k], str):
             raise SpecError(f"{where}: {k}: expected a path string")
     reference = _check_reference(raw.get("reference"), entries, where)
+    extraction = raw.get("extraction") or {}
+    if not isinstance(extraction, dict):
+        raise SpecError(f"{where}: extraction: expected a mapping with {', '.join(EXTRACTION_KEYS)}")
+    for k, v in extraction.items():
+        if k not in EXTRACTION_KEYS:
+            raise SpecError(f"{where}: extraction.{k}: unknown key{did_you_mean(k, EXTRACTION_KEYS)}")
+        ok, meaning = EXTRACTION_KEYS[k]
+        if not ok(v):
+            raise SpecError(f"{where}: extraction.{k}: expected a non-negative integer ({meaning}), got {v!r}")
     return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
-                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference)
+                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction))
 
 
 def _check_reference(ref: Any, entries: dict, where: str) -> dict:

@@ -36,7 +36,7 @@ def test_failure_isolation_records_error_and_others_complete(tmp_path, toy_plugi
     assert status == {"centroid__colours__good": "ok", "patch__colours__good": "ok",
                       "centroid__colours__bad": "failed", "patch__colours__bad": "failed"}
     bad = json.loads((tmp_path / "out/results/centroid__colours__bad.json").read_text())
-    assert bad["error"] == "RuntimeError: toy encoder asked to fail" and "Traceback" in bad["traceback"]
+    assert bad["error"] == "encoder 'bad': RuntimeError: toy encoder asked to fail" and "Traceback" in bad["traceback"]
     good = json.loads((tmp_path / "out/results/centroid__colours__good.json").read_text())
     assert good["metrics"]["acc"] > 90
     for key in ("config", "versions", "timings", "forwards", "git_revision", "config_hash"):

@@ -8,6 +8,7 @@ from PIL import Image
 
 from harness import HarnessError, Samples, SpecError
 from harness.spec import validate_options
+from harness.testing import FakeContext, StubDataset, StubEncoder
 from partbench_plugins.tasks.gallery import BOX, Gallery, grid_size
 
 
@@ -32,32 +33,10 @@ class BoxSamples(Samples):
         return (str(self.src[i % 3]), self.boxes[i]) if self.with_source else None
 
 
-class Enc:
-    def __init__(self, name):
-        self.name, self.representations = name, ("cls", "mean_patch")
-
-    def supports(self, rep):
-        return rep in self.representations
-
-
-class Ds:
-    name, splits = "toy", ("all",)
-
-
-class Ctx:
-    def __init__(self, samples, feats, out_dir, name="enc"):
-        self.encoder, self.dataset = Enc(name), Ds()
-        self.out_dir, self.device, self.seed = Path(out_dir), "cpu", 0
-        self._s, self._f = samples, feats
-
-    def samples(self, split):
-        return self._s
-
-    def features(self, split, reps, transform="resize:224"):
-        return {r: self._f for r in reps}
-
-    def progress(self, it, desc="", total=None, **kw):
-        return it
+def Ctx(samples, feats, out_dir, name="enc"):
+    """The shared FakeContext: ``feats`` for every representation of split 'all'."""
+    return FakeContext(StubEncoder(name, ("cls", "mean_patch")), samples={"all": samples},
+                       arrays={"all": {"cls": feats, "mean_patch": feats}}, out_dir=out_dir)
 
 
 def _task(**opts):
@@ -132,9 +111,9 @@ def test_without_source_the_crop_is_the_query_tile(tmp_path):
 
 def test_check():
     with pytest.raises(ValueError, match="no 'projected'"):
-        _task(representation="projected").check(Enc("e"), Ds())
+        _task(representation="projected").check(StubEncoder("e"), StubDataset("toy", {"all": None}))
     with pytest.raises(ValueError, match="no split 'val'"):
-        _task(split="val").check(Enc("e"), Ds())
+        _task(split="val").check(StubEncoder("e"), StubDataset("toy", {"all": None}))
 
 
 def test_finalize_side_by_side(setup, tmp_path):

@@ -13,6 +13,7 @@ from PIL import Image
 from harness import Encoder, Samples, SpecError
 from harness import transforms as T
 from harness.spec import validate_options
+from harness.testing import FakeContext
 from partbench_plugins.tasks._probe import batches, cosine_lr, stratified_holdout
 from partbench_plugins.tasks.attentive_probe import AttentiveHead, AttentiveProbe
 from partbench_plugins.tasks.linear_probe import LinearProbe
@@ -80,57 +81,10 @@ def make_encoder():
     return enc
 
 
-class FakeCtx:
-    def __init__(self, tmp_path, samples, encoder=None, arrays=None, seed=0):
-        self._samples, self.encoder, self.arrays = samples, encoder, arrays
-        self.out_dir = tmp_path
-        self.seed, self.device = seed, "cpu"
-        self.dataset = None  # the probes only ask it for its split names
-        self.forwards = 0
-        self._cache = {}
-
-    def samples(self, split):
-        return self._samples[split]
-
-    def progress(self, iterable, desc=None, total=None):
-        return iterable
-
-    def images(self, split, indices, transform):
-        s = self._samples[split]
-        x = torch.stack([T.apply(transform, s.image(int(i))) for i in indices])
-        mean = torch.tensor(self.encoder.opts["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(self.encoder.opts["std"]).view(1, 3, 1, 1)
-        return (x - mean) / std
-
-    def encode(self, x, reps):
-        self.forwards += len(x)
-        with torch.no_grad():
-            return self.encoder.forward(x, list(reps))
-
-    def features(self, split, reps, transform="resize:224"):
-        if self.arrays is not None:
-            return {r: self.arrays[split][r] for r in reps}
-        out = {}
-        for r in reps:
-            key = (split, r, transform)
-            if key not in self._cache:
-                n, rows = len(self._samples[split]), []
-                for i in range(0, n, 16):
-                    with torch.no_grad():
-                        rows.append(self.encoder.forward(self.images(split, range(i, min(n, i + 16)), transform),
-                                                         [r])[r].numpy())
-                    self.forwards += min(n, i + 16) - i
-                arr = np.concatenate(rows)
-                if arr.ndim == 3:  # like the runner: token-like reps are float16 memmaps
-                    path = self.out_dir / f"feat-{split}-{r}-{transform.replace(':', '_')}.npy"
-                    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=arr.shape)
-                    mm[:] = arr
-                    mm.flush()
-                    del mm
-                    arr = np.load(path, mmap_mode="r")
-                self._cache[key] = arr.astype(np.float32) if arr.ndim == 2 else arr
-            out[r] = self._cache[key]
-        return out
+def FakeCtx(tmp_path, samples, encoder=None, arrays=None, seed=0):
+    """The shared FakeContext: real executor and cache over the given splits, or given arrays."""
+    return FakeContext(encoder, samples=samples, arrays=arrays, out_dir=tmp_path, seed=seed,
+                       cache_dir=tmp_path / "cache")
 
 
 def task(cls, **opts):
@@ -308,10 +262,12 @@ def test_cached_and_reencoded_training_give_the_same_accuracy(tmp_path, cls, opt
 def test_three_accuracies_are_computed_as_described(tmp_path):
     # test labels are half noise, so the test curve's best epoch is a lucky one
     ctx = gaussian_ctx(tmp_path, n_train=300, n_test=300, sep=1.2, seed=4)
-    y = ctx._samples["test"].labels.copy()
+    y = ctx.samples("test").labels.copy()
     noisy = np.random.default_rng(0).random(len(y)) < 0.5
     y[noisy] = np.random.default_rng(1).integers(0, 4, noisy.sum())
-    ctx._samples["test"] = ArraySamples(ctx._samples["test"].keys, y, ctx._samples["test"].classes)
+    old = ctx.samples("test")
+    ctx.dataset.given["test"] = ArraySamples(old.keys, y, old.classes)
+    ctx = FakeCtx(tmp_path, ctx.dataset.given, arrays=ctx.arrays)
     t = task(LinearProbe, epochs=12, batch_size=32, eval_batch_size=64, lr=0.02, lrs=[2.0, 0.2])
     res = t.run(ctx)
     m, d = res["metrics"], res["details"]

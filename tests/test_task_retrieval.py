@@ -10,43 +10,23 @@ from sklearn.metrics import average_precision_score
 
 from harness import Samples, SpecError
 from harness.spec import validate_options
+from harness.testing import FakeContext, StubDataset, StubEncoder
 from partbench_plugins.tasks.retrieval import Retrieval
 
 
-class FakeEncoder:
-    def __init__(self, reps=("cls", "mean_patch"), name="enc"):
-        self.name, self.representations = name, tuple(reps)
-
-    def supports(self, rep):
-        return rep in self.representations
+def FakeEncoder(reps=("cls", "mean_patch"), name="enc"):
+    return StubEncoder(name, tuple(reps))
 
 
-class FakeDataset:
-    name, splits = "toy", ("all", "train")
+def FakeDataset():
+    return StubDataset("toy", {"all": None, "train": None})
 
 
-class FakeCtx:
-    """The part of harness.runner.Context a task uses, over fixed in-memory features."""
-
-    def __init__(self, feats: dict, labels, classes, out_dir, encoder=None):
-        self.encoder = encoder or FakeEncoder(tuple(feats))
-        self.dataset = FakeDataset()
-        self.out_dir = Path(out_dir)
-        self.device = "cpu"
-        self.seed = 0
-        self._feats = feats
-        self._samples = Samples([f"item{i}" for i in range(len(labels))], labels, classes, {"kept": len(labels)})
-        self.requested = []
-
-    def samples(self, split):
-        return self._samples
-
-    def features(self, split, reps, transform="resize:224"):
-        self.requested.append((split, tuple(reps), transform))
-        return {r: self._feats[r] for r in reps}
-
-    def progress(self, it, desc="", total=None, **kw):
-        return it
+def FakeCtx(feats: dict, labels, classes, out_dir, encoder=None):
+    """The shared FakeContext over fixed in-memory features (the same items for splits all and train)."""
+    s = Samples([f"item{i}" for i in range(len(labels))], labels, classes, {"kept": len(labels)})
+    return FakeContext(encoder or FakeEncoder(tuple(feats)), samples={"all": s, "train": s},
+                       arrays={"all": feats, "train": feats}, out_dir=out_dir)
 
 
 def _task(**opts):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import HarnessError, Option, Task
+from harness.api import FeatureRequest
 from harness import transforms as _transforms
 
 # Arrays up to this size (as float32) are moved to the device once; larger ones stream per batch.
@@ -327,6 +328,13 @@ class ProbeTask(Task):
                 self.validate_dim(dim)
             except HarnessError as exc:
                 raise ValueError(str(exc)) from None
+
+    def requests(self, encoder, dataset) -> list[FeatureRequest]:
+        if self.opts["feature_source"] != "cached":
+            return []
+        rep = self.representation()
+        return [FeatureRequest(self.opts["train_split"], (rep,), self.opts["train_transform"]),
+                FeatureRequest(self.test_split(dataset), (rep,), self.opts["test_transform"])]
 
     def lr_list(self) -> list[float]:
         out = [float(self.opts["lr"])]

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from harness import HarnessError, Option, Task, hookimpl
+from harness.api import FeatureRequest
 from harness.metrics import cosine_topk
 
 PAD = 4  # pixels between tiles and around the grid
@@ -102,6 +103,9 @@ class Gallery(Task):
 
     def _split(self, dataset) -> str:
         return self.opts.get("split") or dataset.splits[0]
+
+    def requests(self, encoder, dataset) -> list[FeatureRequest]:
+        return [FeatureRequest(self._split(dataset), (self.opts["representation"],), self.opts["transform"])]
 
     def check(self, encoder, dataset) -> None:
         rep = self.opts["representation"]

@@ -18,7 +18,8 @@ import math
 import numpy as np
 
 from harness import HarnessError, Option, Task, hookimpl
-from harness.metrics import auto_block_size, class_mean_ap, mean_ap, per_class_ap, retrieval_ap
+from harness.api import FeatureRequest
+from harness.metrics import auto_block_size, class_mean_ap, mean_ap, per_class_ap, retrieval_ap_part
 
 VECTOR_REPS = ("cls", "mean_patch", "projected")
 BEST_OF = ("cls", "mean_patch")
@@ -39,6 +40,7 @@ class Retrieval(Task):
     """Part/object retrieval: cosine similarity, per-query AP (sklearn-exact), AP and mAP in percent."""
 
     headline = ("AP", "mAP")
+    distributed = True  # under torchrun the blocks of queries are dealt over the ranks
     options = {
         "representation": Option(str, "best", "vector reported as AP/mAP: cls, mean_patch, projected, or "
                                  "best (the better of cls and mean_patch by AP, as in the paper)",
@@ -88,6 +90,10 @@ class Retrieval(Task):
         if split not in dataset.splits:
             raise ValueError(f"dataset '{dataset.name}' has no split '{split}' (has: {', '.join(dataset.splits)})")
 
+    def requests(self, encoder, dataset) -> list[FeatureRequest]:
+        reps, _ = self._wanted(encoder)
+        return [FeatureRequest(self.opts["split"], tuple(reps), self.opts["transform"])]
+
     # -- run -----------------------------------------------------------------------------------
     def run(self, ctx) -> dict:
         split, excl = self.opts["split"], bool(self.opts["exclude_self"])
@@ -110,10 +116,14 @@ class Retrieval(Task):
                 raise HarnessError(f"retrieval: features '{rep}' of encoder '{ctx.encoder.name}' have shape "
                                    f"{x.shape}; expected [{n}, D]")
             try:
-                ap = retrieval_ap(x, labels, exclude_self=excl, block_size=block, device=ctx.device,
-                                  progress=lambda it, desc, total: ctx.progress(it, desc=f"AP {rep}", total=total))
+                rows, vals = retrieval_ap_part(
+                    x, labels, exclude_self=excl, block_size=block, device=ctx.device, part=(ctx.rank, ctx.world_size),
+                    progress=lambda it, desc, total: ctx.progress(it, desc=f"AP {rep}", total=total))
             except ValueError as exc:  # e.g. NaN features from a broken checkpoint
                 raise HarnessError(f"retrieval: encoder '{ctx.encoder.name}' representation '{rep}': {exc}") from None
+            ap = np.full(n, np.nan)
+            for r, v in ctx.gather((rows, vals)):  # every rank's blocks (one part outside torchrun)
+                ap[r] = v
             ap_arrays[rep] = ap
             means, counts, n_valid = per_class_ap(ap, labels, len(classes))
             per_rep[rep] = {
@@ -133,6 +143,8 @@ class Retrieval(Task):
             metrics[f"mAP.{rep}"] = per_rep[rep]["mAP"]
 
         no_pos = int(np.isnan(ap_arrays[chosen]).sum())
+        if not ctx.is_main:  # only rank 0's result is kept
+            return {"metrics": metrics}
         npz = ctx.out_dir / "per_query_ap.npz"
         np.savez_compressed(npz, keys=np.asarray(samples.keys, dtype=str), labels=labels,
                             **{f"AP.{r}": a for r, a in ap_arrays.items()})
