@@ -167,6 +167,10 @@ class Samples:
     extend ``fingerprint()``.
     """
 
+    #: for a Samples derived from a split (slide windows, person crops, ...): what it is, e.g.
+    #: "val/slide:512:341"; names it in cache metadata and logs
+    view: str = ""
+
     def __init__(self, keys: Sequence[str], labels, classes: Sequence[str], summary: dict | None = None,
                  files: Iterable = ()):
         self.keys = list(keys)

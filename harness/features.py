@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -93,43 +94,136 @@ def _collate(items):
     return torch.stack([x for x, _ in items]), torch.tensor([v for _, v in items], dtype=torch.int64)
 
 
-class _Chunks(torch.utils.data.Sampler):
-    """Contiguous index chunks [lo, lo+c), [lo+c, lo+2c) ... of ``rng``."""
+class _RingItems(torch.utils.data.Dataset):
+    """Worker side of the shared ring: an item is written straight into ``ring[slot, pos]`` (shared
+    memory made once by the main process), so only its valid size (or an error) goes through the queue:
+    no new shared memory per batch, which costs more than the copy itself."""
 
-    def __init__(self, rng: range, chunk: int):
-        self.rng, self.chunk = rng, chunk
-
-    def __iter__(self):
-        for s in range(self.rng.start, self.rng.stop, self.chunk):
-            yield list(range(s, min(s + self.chunk, self.rng.stop)))
+    def __init__(self, items: ItemDataset, ring: torch.Tensor):
+        self.items, self.ring = items, ring
 
     def __len__(self) -> int:
-        return -(-len(self.rng) // self.chunk)
+        return len(self.items)
+
+    def __getitem__(self, key):
+        slot, pos, i = key
+        out = self.items[i]
+        if isinstance(out, str):
+            return out
+        x, valid = out
+        if tuple(x.shape) != tuple(self.ring.shape[2:]):
+            return f"item {i}: transform gave {tuple(x.shape)}, expected {tuple(self.ring.shape[2:])}"
+        self.ring[slot, pos].copy_(x)
+        return slot, valid
+
+
+def _collate_ring(items):
+    errors = [it for it in items if isinstance(it, str)]
+    if errors:
+        return errors[0]
+    return items[0][0], len(items), torch.tensor([v for _, v in items], dtype=torch.int64)
+
+
+class _Chunks(torch.utils.data.Sampler):
+    """Consecutive chunks of ``order`` (item indices); with ``slots``, each chunk's entries are (ring
+    slot, position, index) with slots taken round-robin. ``order`` may be replaced between passes (a
+    persistent loader keeps its workers and reads the new order)."""
+
+    def __init__(self, order: Sequence[int], chunk: int, slots: int = 0):
+        self.order, self.chunk, self.slots = order, chunk, slots
+
+    def __iter__(self):
+        for k, s in enumerate(range(0, len(self.order), self.chunk)):
+            idx = [int(i) for i in self.order[s:s + self.chunk]]
+            yield [(k % self.slots, p, i) for p, i in enumerate(idx)] if self.slots else idx
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.chunk)
 
 
 def _worker_init(_):
     torch.set_num_threads(1)  # decoding is PIL work; torch threads would oversubscribe the cores
 
 
+PREFETCH = 4  # batches in flight per worker
+
+
+class Loader:
+    """Batches of one Samples through one transform, decoded by ``workers`` processes that persist across
+    passes (``batches(order)`` may be called again, e.g. once per epoch, without new processes).
+
+    With a fixed output size (resize:S, pad:H:W) the workers write items straight into a shared ring
+    buffer made once here and only sizes (or errors) travel through the queue: no new shared memory per
+    batch, which costs more than the copy itself. The DataLoader keeps at most PREFETCH * workers
+    batches in flight beyond the one being consumed, so that many + 2 slots are never overwritten
+    before the consumer asks for the next batch."""
+
+    def __init__(self, samples: Samples, transform: str, chunk: int, workers: int, pin_memory: bool = False):
+        self.items = ItemDataset(samples, transform)
+        self.chunk, self.workers, self.pin = chunk, workers, pin_memory
+        self.ring = None
+        self._loader = None
+        if workers > 0:
+            spec = transforms.parse(transform)
+            if spec[0] in ("resize", "pad"):
+                h, w = (spec[2], spec[2]) if spec[0] == "resize" else (spec[1], spec[2])
+                slots = PREFETCH * workers + 2
+                self.ring = torch.empty((slots, chunk, 3, h, w), dtype=torch.uint8).share_memory_()
+                self.sampler = _Chunks([], chunk, slots)
+                self._loader = torch.utils.data.DataLoader(
+                    _RingItems(self.items, self.ring), batch_sampler=self.sampler, num_workers=workers,
+                    collate_fn=_collate_ring, worker_init_fn=_worker_init, prefetch_factor=PREFETCH,
+                    persistent_workers=True)
+            else:
+                self.sampler = _Chunks([], chunk)
+                self._loader = torch.utils.data.DataLoader(
+                    self.items, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate,
+                    pin_memory=pin_memory, worker_init_fn=_worker_init, prefetch_factor=PREFETCH,
+                    persistent_workers=True)
+
+    def batches(self, order: Sequence[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(offset in ``order``, uint8 [B,3,H,W], valid [B,2]) for consecutive chunks of ``order``. With
+        workers the batch may be a view of the ring: valid until the next batch is requested."""
+        if len(order) == 0:
+            return
+        offset = 0
+        if self._loader is None:
+            for idx in _Chunks(order, self.chunk):
+                b = _collate([self.items[i] for i in idx])
+                if isinstance(b, str):
+                    raise _DataError(b)
+                yield offset, b[0], b[1]
+                offset += len(idx)
+            return
+        self.sampler.order = order
+        for b in self._loader:
+            if isinstance(b, str):
+                raise _DataError(b)
+            if self.ring is not None:
+                slot, count, valid = b
+                x = self.ring[slot, :count]
+                x = x.pin_memory() if self.pin else x
+            else:
+                x, valid = b
+            yield offset, x, valid
+            offset += len(x)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._loader is not None and self._loader._iterator is not None:
+            self._loader._iterator._shutdown_workers()
+        self._loader = None
+
+
 def load_batches(samples: Samples, transform: str, rng: range, chunk: int, workers: int,
                  pin_memory: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """(start, uint8 [B,3,H,W], valid [B,2]) for contiguous chunks of ``rng``, in order."""
-    if len(rng) == 0:
-        return
-    ds = ItemDataset(samples, transform)
-    sampler = _Chunks(rng, chunk)
-    if workers <= 0:
-        batches = (_collate([ds[i] for i in idx]) for idx in sampler)
-    else:
-        batches = torch.utils.data.DataLoader(
-            ds, batch_sampler=sampler, num_workers=min(workers, len(sampler)), collate_fn=_collate,
-            pin_memory=pin_memory, worker_init_fn=_worker_init, prefetch_factor=4)
-    start = rng.start
-    for b in batches:
-        if isinstance(b, str):
-            raise _DataError(b)
-        yield start, b[0], b[1]
-        start += len(b[0])
+    """(start, uint8 [B,3,H,W], valid [B,2]) for contiguous chunks of ``rng`` through a one-off Loader."""
+    loader = Loader(samples, transform, chunk, min(workers, -(-len(rng) // chunk)), pin_memory)
+    try:
+        for offset, x, valid in loader.batches(rng):
+            yield rng.start + offset, x, valid
+    finally:
+        loader.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,9 +257,29 @@ class FeatureEngine:
         self._samples: dict[tuple, Samples] = {}
         self._failed: dict[tuple, str] = {}  # (dataset, split) -> the shared error of a data problem
         self._fingerprints: dict[int, str] = {}
+        self._loaders: "OrderedDict[tuple, tuple[Samples, Loader]]" = OrderedDict()
         self.forwards = 0
 
     # -- pieces ----------------------------------------------------------------------------------
+    MAX_LOADERS = 3  # persistent loaders (each holds its worker processes) kept for later passes
+
+    def loader(self, samples: Samples, transform: str, chunk: int) -> Loader:
+        """A persistent Loader for (samples, transform, chunk): its workers survive between passes."""
+        key = (id(samples), transform, chunk)
+        if key in self._loaders:
+            self._loaders.move_to_end(key)
+            return self._loaders[key][1]
+        loader = Loader(samples, transform, chunk, self.workers, self.device.startswith("cuda"))
+        self._loaders[key] = (samples, loader)  # the Samples is kept alive with its loader
+        while len(self._loaders) > self.MAX_LOADERS:
+            self._loaders.popitem(last=False)[1][1].close()
+        return loader
+
+    def close(self) -> None:
+        """Stop every loader's worker processes."""
+        while self._loaders:
+            self._loaders.popitem()[1][1].close()
+
     def executor(self, enc: Encoder) -> Executor:
         if id(enc) not in self._executors:
             self._executors[id(enc)] = Executor(enc, self.device)
@@ -197,7 +311,7 @@ class FeatureEngine:
     def resolve(self, dataset: Dataset, source: "str | Samples") -> tuple[str, Samples]:
         """(label, samples) of a split name or a Samples (a view)."""
         if isinstance(source, Samples):
-            return getattr(source, "view_name", type(source).__name__), source
+            return (source.view or type(source).__name__), source
         return source, self.samples(dataset, source)
 
     def fingerprint(self, samples: Samples) -> str:
@@ -332,13 +446,15 @@ class FeatureEngine:
 
     def _pass(self, jobs: list[_Job], samples: Samples, transform: str, rng: range, chunk: int,
               distributed: bool, desc: str) -> None:
-        pin = self.device.startswith("cuda")
         bar = progress(None, desc=desc, total=len(rng), unit="img", enabled=self.show_progress and self.dist.is_main)
         try:
-            for start, x, valid in load_batches(samples, transform, rng, chunk, self.workers, pin):
+            for offset, x, valid in self.loader(samples, transform, chunk).batches(rng):
+                start = rng.start + offset
                 for j in jobs:
-                    j.pending.append((start, x, valid))
-                    if sum(len(p[1]) for p in j.pending) >= j.batch or start + len(x) >= rng.stop:
+                    complete = sum(len(p[1]) for p in j.pending) + len(x) >= j.batch or start + len(x) >= rng.stop
+                    # a loader batch lives until the next one is requested: keep a copy only if it waits
+                    j.pending.append((start, x if complete else x.clone(), valid))
+                    if complete:
                         self._run(j, rng, distributed)
                 bar.update(len(x))
         finally:
@@ -424,25 +540,9 @@ class FeatureEngine:
         idx = np.arange(len(samples)) if indices is None else np.asarray(indices, dtype=np.int64)
         bs = batch or int(enc.opts.get("batch_size", 64))
         ex = self.executor(enc)
-        view = _Subset(samples, idx)
-        for start, x, valid in load_batches(view, transform, range(len(idx)), bs, self.workers,
-                                            self.device.startswith("cuda")):
+        for offset, x, valid in self.loader(samples, transform, bs).batches(idx):
             padded = bool((valid != torch.tensor(x.shape[-2:])).any())
-            yield idx[start:start + len(x)], ex(x, reps, valid if padded else None)
-
-
-class _Subset(Samples):
-    """Items of ``base`` in the order of ``indices`` (for streaming)."""
-
-    def __init__(self, base: Samples, indices: np.ndarray):
-        self.base, self.indices = base, indices
-        self.keys = [base.keys[int(i)] for i in indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def image(self, i: int):
-        return self.base.image(int(self.indices[i]))
+            yield idx[offset:offset + len(x)], ex(x, reps, valid if padded else None)
 
 
 class _ShardWriter:

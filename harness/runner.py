@@ -111,6 +111,14 @@ def _run(plan, out: Path, force, show_progress, cache_dir, log, workers, encoder
     if encoders_per_pass is None:
         encoders_per_pass = plan.extraction.get("encoders_per_pass")
     engine = FeatureEngine(cache, device, dist, workers, show_progress, log)
+    try:
+        return _run_units(plan, out, force, log, engine, dist, main, encoders_per_pass)
+    finally:
+        engine.close()
+
+
+def _run_units(plan, out: Path, force, log, engine: FeatureEngine, dist, main: bool,
+               encoders_per_pass: int | None) -> "RunSummary":
     versions, rev = _versions(), git_revision()
     results = RunSummary()
     results.main = main

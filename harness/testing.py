@@ -73,7 +73,7 @@ class FakeContext(UnitContext):
         self.requested: list[tuple] = []
 
     def features(self, source, reps: Sequence[str], transform: str = "resize:224") -> dict:
-        label = source if isinstance(source, str) else getattr(source, "view_name", type(source).__name__)
+        label = source if isinstance(source, str) else (source.view or type(source).__name__)
         self.requested.append((label, tuple(reps), transform))
         if self.arrays is not None and label in self.arrays:
             missing = [r for r in reps if r not in self.arrays[label]]

@@ -305,7 +305,7 @@ class ProbeTask(Task):
     def test_split(self, dataset) -> str:
         if self.opts["test_split"]:
             return self.opts["test_split"]
-        splits = tuple(getattr(dataset, "splits", ()) or ())
+        splits = tuple(dataset.splits)
         return "val" if "test" not in splits and "val" in splits else "test"
 
     def check(self, encoder, dataset) -> None:
@@ -313,7 +313,7 @@ class ProbeTask(Task):
         if not encoder.supports(rep):
             raise ValueError(f"encoder '{encoder.name}' has no '{rep}' representation "
                              f"(it offers: {', '.join(encoder.representations)})")
-        splits = getattr(dataset, "splits", None)
+        splits = dataset.splits
         chosen = {"train_split": self.opts["train_split"], "test_split": self.test_split(dataset)}
         for key, split in chosen.items():
             if splits and split not in splits:
