@@ -247,7 +247,8 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
     main = engine.dist.is_main
     if not (main or task.distributed):
         return None
-    art_dir = out / "artifacts" / unit.id if main else Path(tempfile.mkdtemp(prefix=f"harness-rank{engine.dist.rank}-"))
+    scratch = None if main else tempfile.TemporaryDirectory(prefix=f"harness-rank{engine.dist.rank}-")
+    art_dir = out / "artifacts" / unit.id if main else Path(scratch.name)  # other ranks' files are dropped
     art_dir.mkdir(parents=True, exist_ok=True)
     ctx = UnitContext(engine, enc, ds, task, art_dir, plan.seed, log)
     cfg = plan.unit_config(unit)
@@ -275,6 +276,8 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
     result["forwards"] = ctx.forwards + prefetch_forwards
     result["cache_hits"] = ctx.cache_hits
     result["timings"] = {"total_s": round(time.perf_counter() - t0, 4), "features_s": round(ctx.feature_seconds, 4)}
+    if scratch is not None:
+        scratch.cleanup()
     return result if main else None
 
 
