@@ -305,11 +305,12 @@ class FeatureRequest:
     run, in one pass over the data for all encoders that need it (and sharded over ranks under torchrun).
 
     ``view``: optional deterministic function Samples -> Samples (e.g. slide windows, person crops);
-    its result's ``fingerprint()`` keys the cache."""
+    its result's ``fingerprint()`` keys the cache. ``transform``: a transform name, or a function of the
+    (viewed) Samples returning one (e.g. a pad size that depends on the dataset's crop)."""
 
     split: str
     reps: tuple[str, ...]
-    transform: str = "resize:224"
+    transform: "str | Callable[[Samples], str]" = "resize:224"
     view: Callable[[Samples], Samples] | None = None
 
 

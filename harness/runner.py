@@ -193,8 +193,9 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
                 base = engine.samples(ds, r.split)
                 source = r.view(base) if r.view is not None else r.split
                 label, samples = engine.resolve(ds, source)
-                g = groups.setdefault((engine.fingerprint(samples), r.transform), {
-                    "source": source, "transform": r.transform, "encoders": {}, "units": {}})
+                transform = r.transform(samples) if callable(r.transform) else r.transform
+                g = groups.setdefault((engine.fingerprint(samples), transform), {
+                    "source": source, "transform": transform, "encoders": {}, "units": {}})
                 reps = g["encoders"].setdefault(u.encoder, [])
                 reps.extend(rep for rep in r.reps if rep not in reps)
                 g["units"].setdefault(u.encoder, []).append(u.id)

@@ -168,7 +168,7 @@ class HeadBank:
         self.optim.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
         self.optim.step()
-        return [float(v) for v in losses]
+        return [float(v.detach()) for v in losses]
 
     def state(self) -> list[dict]:
         return [{k: v.detach().cpu() for k, v in h.state_dict().items()} for h in self.heads]

@@ -1,0 +1,570 @@
+"""linear_seg: linear semantic segmentation on a frozen encoder, object- and part-level (paper Tables 3, 5,
+7, 8, 9 and Fig. 7). Two protocols (docs/segmentation.md):
+
+``protocol: paper`` - the official recipe on mmsegmentation/mmengine (``seg_mmseg.py``): 160k iterations of
+  batch 16 with the official augmentation, re-encoding every crop, slide inference, ``IoUMetric``.
+
+``protocol: fast`` - encodes each image once. Every training and validation image is resized as at test
+  time (mmcv ``imrescale`` to the dataset's scale, bilinear; labels nearest), padded to the crop if
+  smaller, and cut into the test-time slide windows; the raw block outputs of every window (and, with
+  ``flip``, of its mirror image) are cached in fp16 through the feature cache. The same head (one 1x1 conv
+  on the K concatenated block maps, N(0, 0.01) init) is trained on the cache with the same optimiser
+  (AdamW), schedule (linear warmup x poly) and number of samples (iterations x batch), several learning
+  rates in one pass (``lrs``: Table 9 costs one feature read per step); each sample is one random window of
+  a training image (a random flip with ``flip``), the loss is mmseg's (bilinear to the crop, cross-entropy,
+  ignore 255, mean over all pixels). The auxiliary head is dropped: with a frozen backbone its gradient
+  never reaches the main head (tested). Evaluation is mmseg's slide inference on the cached validation
+  windows (logits summed over windows, divided by the count, padding removed, bilinear to the original
+  size, argmax) scored by mmseg's ``IoUMetric``. With ``mode: stream`` nothing is cached: every epoch
+  re-encodes one random window per training image (K heads per pass), for datasets whose cache would not
+  fit; ``mode: auto`` caches up to ``max_cache_gb`` and refuses beyond it, saying which mode to use.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from harness import HarnessError, Option, Task, hookimpl
+from harness.api import FeatureRequest, SegSamples
+
+from .dense import DenseMaps, DerivedSamples, HeadBank, tokens_to_maps, warmup_poly_lr
+
+DEFAULT_BLOCKS = [3, 5, 7, 11]
+
+
+# --------------------------------------------------------------------------------------------------
+# geometry (mmcv 1.x / mmseg conventions)
+# --------------------------------------------------------------------------------------------------
+def rescale_size(w: int, h: int, scale) -> tuple[int, int]:
+    """mmcv ``rescale_size`` with a (long, short) scale: the largest keep-ratio size within both edges."""
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(h, w), short_edge / min(h, w))
+    return int(w * factor + 0.5), int(h * factor + 0.5)
+
+
+def resize_image(img: Image.Image, scale) -> Image.Image:
+    """mmcv ``imrescale(img, scale, interpolation='bilinear', backend='cv2')``."""
+    import cv2
+
+    w, h = rescale_size(*img.size, scale)
+    if (w, h) == img.size:
+        return img
+    return Image.fromarray(cv2.resize(np.asarray(img), (w, h), interpolation=cv2.INTER_LINEAR))
+
+
+def resize_label(label: np.ndarray, scale) -> np.ndarray:
+    """mmcv ``imrescale(gt_seg_map, scale, interpolation='nearest', backend='cv2')``."""
+    import cv2
+
+    h, w = label.shape
+    nw, nh = rescale_size(w, h, scale)
+    if (nw, nh) == (w, h):
+        return label
+    return cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
+
+
+def slide_windows(h: int, w: int, crop, stride) -> list[tuple[int, int, int, int]]:
+    """mmseg ``slide_inference`` windows (y1, x1, y2, x2) over an h x w image (already padded to >= crop)."""
+    (ch, cw), (sh, sw) = crop, stride
+    out = []
+    for hi in range(max(h - ch + sh - 1, 0) // sh + 1):
+        for wi in range(max(w - cw + sw - 1, 0) // sw + 1):
+            y1, x1 = hi * sh, wi * sw
+            y2, x2 = min(y1 + ch, h), min(x1 + cw, w)
+            out.append((max(y2 - ch, 0), max(x2 - cw, 0), y2, x2))
+    return out
+
+
+class _Geometry:
+    """Per image of a split: its original size, resized size and slide windows."""
+
+    def __init__(self, samples: SegSamples, scale, crop, stride):
+        self.scale, self.crop, self.stride = tuple(scale), tuple(crop), tuple(stride)
+        self.orig, self.resized, self.windows = [], [], []
+        for i in range(len(samples)):
+            with Image.open(samples.image_paths[i]) as im:
+                w, h = im.size
+            rw, rh = rescale_size(w, h, self.scale)
+            self.orig.append((h, w))
+            self.resized.append((rh, rw))
+            # an image smaller than the crop is padded (bottom/right) to the crop: full windows
+            self.windows.append(slide_windows(max(rh, self.crop[0]), max(rw, self.crop[1]), self.crop, self.stride))
+
+
+def window_view(samples: SegSamples, geo: _Geometry, flip: bool, name: str) -> DerivedSamples:
+    """Every slide window of every image (and its mirror image with ``flip``), as items of a view."""
+    source, boxes, flips = [], [], []
+    for i, wins in enumerate(geo.windows):
+        for box in wins:
+            for f in ((False, True) if flip else (False,)):
+                source.append(i)
+                boxes.append(box)
+                flips.append(f)
+
+    def prepare(i: int, img: Image.Image) -> Image.Image:
+        return resize_image(img, geo.scale)
+
+    def render(img: Image.Image, box: np.ndarray) -> Image.Image:
+        y1, x1, y2, x2 = (int(v) for v in box)
+        # windows may reach into the pad of an image smaller than the crop: cut what exists, the
+        # transform pads the rest with normalised zeros
+        return img.crop((x1, y1, min(x2, img.width), min(y2, img.height)))
+
+    geometry = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    tag = f"{name}/slide:{geo.scale[0]}x{geo.scale[1]}:{geo.crop[0]}x{geo.crop[1]}:{geo.stride[0]}x{geo.stride[1]}"
+    return DerivedSamples(samples, source, geometry, flips, render, tag + (":flip" if flip else ""), prepare)
+
+
+# --------------------------------------------------------------------------------------------------
+# the head
+# --------------------------------------------------------------------------------------------------
+class LinearSegHead(torch.nn.Module):
+    """mmseg ``FCNHead(num_convs=0, concat_input=False)``'s ``conv_seg``: a 1x1 conv, N(0, 0.01), bias 0."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.conv_seg = torch.nn.Conv2d(channels, num_classes, 1)
+        torch.nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
+        torch.nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, x):
+        return self.conv_seg(x)
+
+
+def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """mmseg's decode-head loss: logits resized bilinearly to the labels, cross-entropy with ignore 255,
+    averaged over all pixels (``avg_non_ignore=False``: ignored pixels count as 0)."""
+    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(up, labels.long(), ignore_index=255, reduction="none").mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# the task
+# --------------------------------------------------------------------------------------------------
+def _pair(v):
+    return None if v is None else [int(v[0]), int(v[1])] if isinstance(v, (list, tuple)) else [int(v), int(v)]
+
+
+def _check_pair(v):
+    if v is None:
+        return None
+    if isinstance(v, int) and v > 0:
+        return None
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v):
+        return None
+    return "expected a positive integer or a [h, w] / [long, short] pair"
+
+
+def _check_lrs(v):
+    if v is None:
+        return None
+    if not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
+        return "expected a non-empty list of positive learning rates"
+    return None
+
+
+class LinearSeg(Task):
+    """Linear semantic segmentation (1x1 conv on frozen block maps): mIoU, mAcc, aAcc."""
+
+    headline = ("mIoU", "mAcc", "aAcc")
+    options = {
+        "protocol": Option(str, "fast", "fast: encode each image once, train on the cache; paper: the official "
+                           "mmseg recipe, re-encoding every augmented crop", choices=["fast", "paper"]),
+        "blocks": Option(list, list(DEFAULT_BLOCKS), "blocks whose raw outputs are concatenated (official: "
+                         "[3, 5, 7, 11]); [] uses the final-norm 'tokens' (encoders without blocks)",
+                         check=lambda v: None if all(isinstance(b, int) and b >= 0 for b in v) else
+                         "expected a list of block indices"),
+        "iterations": Option(int, 160000, "training iterations (official: 160k)", check=lambda v: None if v > 0 else "must be > 0"),
+        "batch_size": Option(int, 16, "samples per iteration (official: 16)", check=lambda v: None if v > 0 else "must be > 0"),
+        "lr": Option(float, 4e-4, "AdamW learning rate (official: 4e-4)", check=lambda v: None if v > 0 else "must be > 0"),
+        "lrs": Option(list, None, "further learning rates trained in lockstep (fast protocol; Table 9)",
+                      nullable=True, check=_check_lrs),
+        "weight_decay": Option(float, 0.05, "AdamW weight decay (official: 0.05)"),
+        "bias_decay": Option(bool, True, "weight decay on the head's bias too (mmengine's AdamW default; the "
+                             "MAE/BEiT/CAE configs' layer-decay constructor exempts 1-D parameters)"),
+        "warmup": Option(int, 1500, "linear warmup iterations (official: 1500)", check=lambda v: None if v >= 0 else "must be >= 0"),
+        "warmup_ratio": Option(float, 1e-6, "warmup start factor (official: 1e-6)"),
+        "scale": Option(list, None, "test-time resize (long, short), keep ratio; default: the dataset's",
+                        nullable=True, check=_check_pair),
+        "crop": Option(list, None, "slide window / training crop [h, w]; default: the dataset's",
+                       nullable=True, check=_check_pair),
+        "stride": Option(list, None, "slide stride [h, w]; default: the dataset's", nullable=True, check=_check_pair),
+        "flip": Option(bool, True, "fast: also cache the mirror image of every training window and draw a "
+                       "random flip per sample (the paper's RandomFlip 0.5)"),
+        "mode": Option(str, "auto", "fast: cache the window features (cache), re-encode every epoch (stream), or "
+                       "cache up to max_cache_gb (auto)", choices=["auto", "cache", "stream"]),
+        "max_cache_gb": Option(float, 64.0, "fast, mode auto: the largest window cache to build"),
+        "train_split": Option(str, "train", "split to train on"),
+        "test_split": Option(str, "val", "split to evaluate on"),
+        "workers": Option(int, 2, "paper: mmseg data-loader workers per process"),
+        "auxiliary": Option(bool, True, "paper: train the auxiliary FCN head on block index 2 (as the configs)"),
+    }
+
+    # -- validation ---------------------------------------------------------------------------------
+    def _reps(self, encoder) -> list[str]:
+        blocks = self.opts["blocks"]
+        return [f"block.{b}" for b in blocks] if blocks else ["tokens"]
+
+    def check(self, encoder, dataset) -> None:
+        for r in self._reps(encoder):
+            if not encoder.supports(r):
+                raise ValueError(f"encoder '{encoder.name}' has no '{r}' representation (has: "
+                                 f"{', '.join(encoder.representations)}"
+                                 f"{f', {encoder.num_blocks} blocks' if encoder.num_blocks else ''}); "
+                                 "set the task option 'blocks' ([] for final-norm tokens)")
+        if not encoder.patch_size:
+            raise ValueError(f"encoder '{encoder.name}' does not declare its patch size (dense maps need it)")
+        for key in ("train_split", "test_split"):
+            if self.opts[key] not in dataset.splits:
+                raise ValueError(f"dataset '{dataset.name}' has no split '{self.opts[key]}' "
+                                 f"(it has: {', '.join(dataset.splits)}); set the task option {key}")
+        if self.opts["protocol"] == "paper" and not self.opts["blocks"]:
+            raise ValueError("protocol 'paper' needs blocks (the mmseg backbone returns block maps)")
+
+    def geometry(self, samples: SegSamples) -> tuple:
+        d = samples.defaults or {}
+        scale = _pair(self.opts["scale"]) or _pair(d.get("scale"))
+        crop = _pair(self.opts["crop"]) or _pair(d.get("crop"))
+        stride = _pair(self.opts["stride"]) or _pair(d.get("stride"))
+        if not (scale and crop and stride):
+            raise HarnessError(f"{self.name}: scale, crop and stride are neither options nor dataset defaults")
+        return scale, crop, stride
+
+    def _views(self, ctx, split: str, flip: bool):
+        s = ctx.samples(split)
+        if not isinstance(s, SegSamples):
+            raise HarnessError(f"{self.name}: dataset '{ctx.dataset.name}' split '{split}' is not a segmentation "
+                               f"dataset (its load() returned {type(s).__name__}, not SegSamples)")
+        scale, crop, stride = self.geometry(s)
+        geo = _Geometry(s, scale, crop, stride)
+        return s, geo, window_view(s, geo, flip, split)
+
+    def requests(self, encoder, dataset) -> list[FeatureRequest]:
+        if self.opts["protocol"] != "fast" or self.opts["mode"] == "stream":
+            return []
+        reps = tuple(self._reps(encoder))
+
+        def view(split, flip):
+            def make(samples):
+                scale, crop, stride = self.geometry(samples)
+                return window_view(samples, _Geometry(samples, scale, crop, stride), flip, split)
+            return make
+
+        out = []
+        for split, flip in ((self.opts["train_split"], self.opts["flip"]), (self.opts["test_split"], False)):
+            out.append(FeatureRequest(split, reps, self._pad, view(split, flip)))
+        return out
+
+    def _pad(self, view: DerivedSamples) -> str:
+        """Windows are encoded at the crop size; windows of images smaller than the crop are padded."""
+        _, crop, _ = self.geometry(view.base)
+        return f"pad:{crop[0]}:{crop[1]}"
+
+    # -- run ----------------------------------------------------------------------------------------
+    def run(self, ctx) -> dict:
+        if self.opts["protocol"] == "paper":
+            return self._run_paper(ctx)
+        return self._run_fast(ctx)
+
+    def lr_list(self) -> list[float]:
+        out = [float(self.opts["lr"])]
+        for lr in self.opts["lrs"] or []:
+            if float(lr) not in out:
+                out.append(float(lr))
+        return out
+
+    # -- fast ---------------------------------------------------------------------------------------
+    def _run_fast(self, ctx) -> dict:
+        o, enc = self.opts, ctx.encoder
+        t0 = time.perf_counter()
+        reps = self._reps(enc)
+        train_s, train_geo, train_view = self._views(ctx, o["train_split"], o["flip"])
+        test_s, test_geo, test_view = self._views(ctx, o["test_split"], False)
+        if list(test_s.classes) != list(train_s.classes):
+            raise HarnessError(f"{self.name}: splits '{o['train_split']}' and '{o['test_split']}' have different classes")
+        C = len(train_s.classes)
+        crop = train_geo.crop
+        p = int(enc.patch_size)
+        if crop[0] % p or crop[1] % p:
+            raise HarnessError(f"{self.name}: crop {crop[0]}x{crop[1]} is not a multiple of encoder "
+                               f"'{enc.name}''s patch size {p}")
+        grid = (crop[0] // p, crop[1] // p)
+        transform = f"pad:{crop[0]}:{crop[1]}"
+        per_window = (int(enc.prefix_tokens) + grid[0] * grid[1]) * 2  # bytes per channel, fp16
+        mode, need_gb = self._choose_mode(ctx, enc, reps, per_window, len(train_view) + len(test_view))
+        ctx.log(f"    {self.name}: {len(train_view)} training and {len(test_view)} validation windows of "
+                f"{crop[0]}x{crop[1]}; window cache {need_gb:.2f} GB; mode {mode}")
+
+        # labels of every training window, at the crop size (255 outside the image)
+        labels = self._window_labels(train_s, train_geo, train_view)
+        lrs = self.lr_list()
+        device = torch.device(ctx.device)
+        test_feats = ctx.features(test_view, reps, transform)
+        train_feats = ctx.features(train_view, reps, transform) if mode == "cache" else None
+        prefix = int(enc.prefix_tokens)
+        channels = None
+        if train_feats is not None:
+            maps = DenseMaps(train_feats, reps, grid, prefix, device)
+            channels = maps.channels
+        else:
+            channels = sum(int(test_feats[r].shape[2]) for r in reps)
+        bank = HeadBank(lambda: LinearSegHead(channels, C), lrs, o["weight_decay"], seed=ctx.seed, device=device,
+                        bias_decay=o["bias_decay"])
+        windows_of = self._windows_by_image(train_view, o["flip"])
+        rng = np.random.default_rng([ctx.seed, 0x5E6])
+        iters, bs = o["iterations"], o["batch_size"]
+        losses = []
+        curve_every = max(1, iters // 100)
+        t_train = time.perf_counter()
+        bar = ctx.progress(range(iters), desc=f"{self.name} {enc.name} ({len(lrs)} lr)", total=iters)
+        stream = self._stream_batches(ctx, train_view, reps, transform, grid, windows_of, rng, bs) \
+            if mode == "stream" else None
+        for it in bar:
+            if stream is None:
+                idx = self._draw(windows_of, rng, bs)
+                x = maps.batch(idx)
+            else:
+                idx, x = next(stream)
+            y = labels[torch.from_numpy(idx)].to(device)
+            bank.set_lr(lambda base: warmup_poly_lr(base, it, iters, o["warmup"], o["warmup_ratio"]))
+            step = bank.step(x, lambda head, inp: seg_loss(head(inp), y))
+            if it % curve_every == 0 or it == iters - 1:
+                losses.append([it + 1, *step])
+        t_train = time.perf_counter() - t_train
+
+        results = self._evaluate(ctx, bank, test_s, test_geo, test_view, test_feats, reps, grid, prefix, C)
+        main = results[0]
+        metrics = {k: main[k] for k in ("mIoU", "mAcc", "aAcc")}
+        for lr, r in zip(lrs[1:], results[1:]):
+            metrics[f"mIoU@lr={lr:g}"] = r["mIoU"]
+        heads_path = ctx.out_dir / "heads.pt"
+        torch.save({"lrs": lrs, "heads": bank.state(), "classes": list(train_s.classes), "blocks": o["blocks"],
+                    "grid": grid, "channels": channels}, heads_path)
+        curve_path = ctx.out_dir / "loss.csv"
+        curve_path.write_text("iteration," + ",".join(f"loss@lr={lr:g}" for lr in lrs) + "\n" +
+                              "".join(",".join(f"{v:.6g}" for v in row) + "\n" for row in losses))
+        details = {
+            "protocol": "fast", "mode": mode, "window_cache_gb": round(need_gb, 3),
+            "per_lr": {f"{lr:g}": {k: r[k] for k in ("mIoU", "mAcc", "aAcc")} for lr, r in zip(lrs, results)},
+            "per_class": main["per_class"], "classes": list(train_s.classes),
+            "iterations": iters, "batch_size": bs, "samples": iters * bs, "lr": lrs[0], "lrs": lrs,
+            "optimizer": {"type": "AdamW", "betas": [0.9, 0.999], "weight_decay": o["weight_decay"],
+                          "bias_decay": o["bias_decay"]},
+            "schedule": {"warmup": o["warmup"], "warmup_ratio": o["warmup_ratio"], "poly_power": 1.0,
+                         "form": "poly(it) x linear warmup factor, from iteration 0 (mmcv 1.x)"},
+            "geometry": {"scale": list(train_geo.scale), "crop": list(crop), "stride": list(train_geo.stride),
+                         "train_windows": len(train_view), "test_windows": len(test_view), "flip": o["flip"],
+                         "grid": list(grid)},
+            "features": {"representations": reps, "channels": channels, "dtype": "float16"},
+            "head": "1x1 conv (mmseg FCNHead num_convs=0 conv_seg), N(0, 0.01), bias 0; no auxiliary head",
+            "n": {"train_images": len(train_s), "test_images": len(test_s)},
+            "seconds": {"total": round(time.perf_counter() - t0, 3), "train": round(t_train, 3)},
+        }
+        return {"metrics": metrics, "details": details, "artifacts": [str(heads_path), str(curve_path)]}
+
+    def _choose_mode(self, ctx, enc, reps, per_window_channel_bytes, n_windows) -> tuple[str, float]:
+        dims = []
+        for r in reps:
+            dims.append(enc.embed_dim or 0)
+        width = sum(dims) if all(dims) else 0
+        need_gb = n_windows * per_window_channel_bytes * width / 1e9 if width else float("nan")
+        mode = self.opts["mode"]
+        if mode == "auto":
+            if width and need_gb > self.opts["max_cache_gb"]:
+                raise HarnessError(
+                    f"{self.name}: the window cache of encoder '{enc.name}' would take {need_gb:.1f} GB "
+                    f"(> max_cache_gb {self.opts['max_cache_gb']:g}); set mode: stream (re-encodes every epoch) "
+                    "or raise max_cache_gb")
+            mode = "cache"
+        return mode, need_gb
+
+    @staticmethod
+    def _windows_by_image(view: DerivedSamples, flip: bool) -> list[np.ndarray]:
+        by_image: dict[int, list[int]] = {}
+        for k, s in enumerate(view.source.tolist()):
+            by_image.setdefault(s, []).append(k)
+        return [np.asarray(v, dtype=np.int64) for _, v in sorted(by_image.items())]
+
+    @staticmethod
+    def _draw(windows_of: list[np.ndarray], rng: np.random.Generator, bs: int) -> np.ndarray:
+        """One random window (incl. its flip variant) of each of ``bs`` random training images."""
+        imgs = rng.integers(0, len(windows_of), bs)
+        return np.asarray([rng.choice(windows_of[i]) for i in imgs], dtype=np.int64)
+
+    def _stream_batches(self, ctx, view, reps, transform, grid, windows_of, rng, bs):
+        """Streaming mode: epochs of one random window per training image, re-encoded, in batches."""
+        prefix = int(ctx.encoder.prefix_tokens)
+        while True:
+            order = np.asarray([rng.choice(windows_of[i]) for i in rng.permutation(len(windows_of))], np.int64)
+            buf_idx, buf_x = [], []
+            for idx, out in ctx.stream(view, reps, transform, order):
+                buf_idx.append(idx)
+                buf_x.append(tokens_to_maps(out, reps, grid, prefix))
+                while sum(len(i) for i in buf_idx) >= bs:
+                    idx_all, x_all = np.concatenate(buf_idx), torch.cat(buf_x)
+                    yield idx_all[:bs], x_all[:bs]
+                    buf_idx, buf_x = [idx_all[bs:]], [x_all[bs:]]
+
+    @staticmethod
+    def _window_labels(samples: SegSamples, geo: _Geometry, view: DerivedSamples) -> torch.Tensor:
+        """uint8 [N, crop_h, crop_w] labels of the view's windows (255 outside the image), flipped with
+        the image."""
+        ch, cw = geo.crop
+        out = torch.full((len(view), ch, cw), 255, dtype=torch.uint8)
+        resized = {}
+        for k in range(len(view)):
+            i = int(view.source[k])
+            if i not in resized:
+                resized = {i: resize_label(samples.mask(i), geo.scale)}
+            lab = resized[i]
+            y1, x1, y2, x2 = (int(v) for v in view.geometry[k])
+            part = lab[y1:min(y2, lab.shape[0]), x1:min(x2, lab.shape[1])]
+            win = np.full((ch, cw), 255, dtype=np.uint8)
+            win[:part.shape[0], :part.shape[1]] = part
+            if view.flip[k]:
+                win = win[:, ::-1]
+            out[k] = torch.from_numpy(np.ascontiguousarray(win))
+        return out
+
+    # -- evaluation (mmseg slide inference + IoUMetric) ----------------------------------------------
+    def _evaluate(self, ctx, bank, samples, geo, view, feats, reps, grid, prefix, C) -> list[dict]:
+        from mmseg.evaluation import IoUMetric
+
+        device = torch.device(ctx.device)
+        maps = DenseMaps(feats, reps, grid, prefix, device)
+        heads = [h.eval() for h in bank.heads]
+        areas = [[torch.zeros(C, dtype=torch.float64) for _ in range(4)] for _ in heads]
+        windows_of = self._windows_by_image(view, False)
+        ch, cw = geo.crop
+        with torch.no_grad():
+            for i in ctx.progress(range(len(samples)), desc=f"{self.name} eval", total=len(samples)):
+                rh, rw = geo.resized[i]
+                H, W = max(rh, ch), max(rw, cw)
+                label = torch.from_numpy(samples.mask(i).astype(np.int64))
+                ks = windows_of[i]
+                x = maps.batch(ks)
+                for j, head in enumerate(heads):
+                    logits = F.interpolate(head(x), size=(ch, cw), mode="bilinear", align_corners=False)
+                    preds = torch.zeros((C, H, W), device=device)
+                    count = torch.zeros((1, H, W), device=device)
+                    for k, l in zip(ks, logits):
+                        y1, x1, y2, x2 = (int(v) for v in view.geometry[k])
+                        preds[:, y1:y2, x1:x2] += l
+                        count[:, y1:y2, x1:x2] += 1
+                    seg = (preds / count)[:, :rh, :rw]  # padding removed (mmseg postprocess)
+                    seg = F.interpolate(seg[None], size=label.shape, mode="bilinear", align_corners=False)[0]
+                    pred = seg.argmax(dim=0).cpu()
+                    res = IoUMetric.intersect_and_union(pred, label, C, 255)
+                    for a, r in zip(areas[j], res):
+                        a += r.double()
+        out = []
+        for a in areas:
+            ret = IoUMetric.total_area_to_metrics(*a, ["mIoU"])
+            names = list(samples.classes)
+            out.append({"aAcc": float(np.round(ret["aAcc"] * 100, 4)),
+                        "mIoU": float(np.round(np.nanmean(ret["IoU"]) * 100, 4)),
+                        "mAcc": float(np.round(np.nanmean(ret["Acc"]) * 100, 4)),
+                        "per_class": {n: {"IoU": _num(ret["IoU"][k] * 100), "Acc": _num(ret["Acc"][k] * 100)}
+                                      for k, n in enumerate(names)}})
+        return out
+
+    # -- paper ----------------------------------------------------------------------------------------
+    def _run_paper(self, ctx) -> dict:
+        from . import seg_mmseg
+
+        o, enc = self.opts, ctx.encoder
+        train_s = ctx.samples(o["train_split"])
+        test_s = ctx.samples(o["test_split"])
+        for s, split in ((train_s, o["train_split"]), (test_s, o["test_split"])):
+            if not isinstance(s, SegSamples) or not s.layout:
+                raise HarnessError(f"{self.name}: protocol 'paper' reads the files with mmseg: dataset "
+                                   f"'{ctx.dataset.name}' split '{split}' must give SegSamples with a layout")
+        scale, crop, stride = self.geometry(train_s)
+        layout = dict(train_s.layout)
+        layout["train"] = {"img_path": train_s.layout["img_path"], "seg_map_path": train_s.layout["seg_map_path"]}
+        layout["val"] = {"img_path": test_s.layout["img_path"], "seg_map_path": test_s.layout["seg_map_path"]}
+        work = ctx.out_dir / "mmseg"
+        cfg = seg_mmseg.build_config(
+            encoder={"plugin": enc.plugin_name, "name": enc.name, "options": enc.opts,
+                     "plugins_dirs": os.environ.get("HARNESS_PLUGINS_DIRS", "").split(os.pathsep) if
+                     os.environ.get("HARNESS_PLUGINS_DIRS") else []},
+            blocks=o["blocks"], embed_dim=int(enc.embed_dim), num_classes=len(train_s.classes),
+            classes=train_s.classes, layout=layout, scale=scale, crop=crop, stride=stride,
+            train_scale=(train_s.defaults or {}).get("train_scale"), mean=enc.opts["mean"], std=enc.opts["std"],
+            lr=o["lr"], weight_decay=o["weight_decay"], iters=o["iterations"], warmup=o["warmup"],
+            warmup_ratio=o["warmup_ratio"], batch_size=o["batch_size"], world_size=ctx.world_size,
+            workers=o["workers"], auxiliary=o["auxiliary"], work_dir=str(work), device=ctx.device, seed=ctx.seed)
+        work.mkdir(parents=True, exist_ok=True)
+        cfg_path, res_path = work / "config.py", work / "result.json"
+        from mmengine.config import Config
+
+        Config(cfg).dump(str(cfg_path))  # a .py config keeps tuples (mmseg's transforms insist on them)
+        t0 = time.perf_counter()
+        self._worker(ctx, cfg_path, res_path)
+        ctx.barrier()
+        res = json.loads(res_path.read_text()) if ctx.is_main else {}
+        metrics = {k: round(v, 2) for k, v in res.get("metrics", {}).items()}
+        details = {"protocol": "paper", "per_class": res.get("per_class", {}), "checkpoint": res.get("checkpoint"),
+                   "iterations": o["iterations"], "batch_size": o["batch_size"], "lr": o["lr"],
+                   "geometry": {"scale": scale, "crop": crop, "stride": stride}, "world_size": ctx.world_size,
+                   "config": str(cfg_path), "seconds": round(time.perf_counter() - t0, 3),
+                   "note": "mmseg's IoUMetric rounds to 2 decimals"}
+        return {"metrics": metrics, "details": details, "artifacts": [str(cfg_path)] +
+                ([res["checkpoint"]] if res.get("checkpoint") else [])}
+
+    @property
+    def distributed(self) -> bool:  # type: ignore[override]
+        """The paper protocol trains on every rank (mmengine's launcher); the fast one on rank 0."""
+        return self.opts["protocol"] == "paper"
+
+    def _worker(self, ctx, cfg_path: Path, res_path: Path) -> None:
+        """Run the mmseg worker in a subprocess; under torchrun every rank starts one and the workers form
+        their own process group (mmengine's ``pytorch`` launcher) on a port rank 0 chose."""
+        env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+        for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "GROUP_RANK", "LOCAL_WORLD_SIZE",
+                  "TORCHELASTIC_RUN_ID"):
+            env.pop(k, None)
+        if ctx.world_size > 1:
+            port = ctx.gather(_free_port() if ctx.is_main else None)[0]
+            env.update(RANK=str(ctx.rank), WORLD_SIZE=str(ctx.world_size), MASTER_PORT=str(port),
+                       LOCAL_RANK=os.environ.get("LOCAL_RANK", str(ctx.rank)),
+                       MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"))
+        else:
+            env.pop("MASTER_ADDR", None)
+        cmd = [sys.executable, "-m", "partbench_plugins.tasks.seg_mmseg", str(cfg_path), str(res_path)]
+        log = cfg_path.parent / "worker.log"
+        with open(log, "w") as f:
+            r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise HarnessError(f"{self.name}: mmseg worker failed (exit {r.returncode}): {tail[0][:300]} "
+                               f"(full log: {log})")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return None if math.isnan(v) else round(v, 4)
+
+
+@hookimpl
+def register_tasks(register):
+    register("linear_seg", LinearSeg)

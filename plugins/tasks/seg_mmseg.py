@@ -1,0 +1,254 @@
+"""linear_seg's ``protocol: paper`` on mmsegmentation 1.x / mmengine: the official recipe of the paper's
+segmentation code (its mmseg 0.11 fork, ``configs_local/<model>/upernet/..._lp_freeze12.py``):
+
+- backbone: the harness encoder, frozen, registered in mmseg as ``PartbenchFrozenEncoder``; it returns
+  the raw outputs of blocks [3, 5, 7, 11] (patch tokens, no final norm) as [B, D, H/p, W/p] maps. The
+  encoder's own code runs (through ``harness.execution.Executor``): no duplicate model code.
+- decode head: ``FCNHead(num_convs=0, concat_input=False, input_transform='resize_concat',
+  in_index=[0,1,2,3], channels=4*D, dropout_ratio=0)``: a single 1x1 conv on the concatenated maps, no BN,
+  logits at 1/p resized bilinearly to the label (loss) or image (test) size.
+- auxiliary head: ``FCNHead(in_index=2, channels=256, num_convs=1, dropout 0.1, loss_weight 0.4)`` (BN;
+  SyncBN under torchrun), trained jointly, unused at test.
+- AdamW lr 4e-4, betas (0.9, 0.999), weight decay 0.05; linear warmup (ratio 1e-6, 1500 iterations)
+  multiplied with poly (power 1, min 0) from iteration 0 = mmcv 1.x's ``poly`` + ``warmup='linear'``;
+  160k iterations, batch 16 (16/N per GPU under torchrun); bf16 autocast on CUDA (apex fp16 in the paper).
+- pipeline: RandomResize(scale, ratio 0.5-2.0, keep ratio), RandomCrop(crop, cat_max_ratio 0.75),
+  RandomFlip 0.5, PhotoMetricDistortion, pad to the crop (0 / 255); test: Resize(scale, keep ratio), slide
+  inference with the dataset's crop and stride, ``IoUMetric`` (aAcc, mIoU, mAcc; per-class in details).
+
+It runs in a subprocess (``python -m partbench_plugins.tasks.seg_mmseg CONFIG.py``): mmseg needs the
+``mmcv.ops`` stand-in and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for mmengine's own checkpoints, neither of
+which belongs in the harness process. Under torchrun every harness rank starts one worker and the workers
+form their own process group through mmengine's ``pytorch`` launcher.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+BACKBONE = "PartbenchFrozenEncoder"
+METRIC = "PartbenchIoUMetric"
+
+
+def build_config(*, encoder: dict, blocks: Sequence[int], embed_dim: int, num_classes: int,
+                 classes: Sequence[str], layout: dict, scale: Sequence[int], crop: Sequence[int],
+                 stride: Sequence[int], train_scale: Sequence[int] | None = None, ratio_range=(0.5, 2.0),
+                 cat_max_ratio: float = 0.75, mean: Sequence[float], std: Sequence[float], lr: float = 4e-4,
+                 weight_decay: float = 0.05, iters: int = 160000, warmup: int = 1500,
+                 warmup_ratio: float = 1e-6, batch_size: int = 16, world_size: int = 1, workers: int = 2,
+                 auxiliary: bool = True, augment: bool = True, work_dir: str, device: str = "cpu",
+                 seed: int = 0, val_interval: int | None = None, checkpoint_interval: int | None = None) -> dict:
+    """An mmengine config (a plain dict) of the paper protocol. ``encoder`` is what the worker needs to
+    rebuild the harness encoder: {"plugin", "name", "options", "plugins_dirs"}."""
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
+    crop_hw = (int(crop[0]), int(crop[1]))
+    train_scale = tuple(train_scale or scale)
+    norm = dict(type="SyncBN" if world_size > 1 else "BN", requires_grad=True)
+    d = int(embed_dim)
+    cuda = device.startswith("cuda")
+    model = dict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(type="SegDataPreProcessor", mean=[255.0 * m for m in mean],
+                               std=[255.0 * s for s in std], bgr_to_rgb=True, pad_val=0, seg_pad_val=255,
+                               size=crop_hw, test_cfg=dict(size=crop_hw)),
+        backbone=dict(type=BACKBONE, encoder=encoder, blocks=list(blocks)),
+        decode_head=dict(type="FCNHead", in_channels=[d] * len(blocks), in_index=list(range(len(blocks))),
+                         input_transform="resize_concat", channels=d * len(blocks), num_convs=0,
+                         concat_input=False, dropout_ratio=0.0, num_classes=num_classes, norm_cfg=norm,
+                         align_corners=False,
+                         loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)),
+        train_cfg=dict(),
+        test_cfg=dict(mode="slide", crop_size=crop_hw, stride=(int(stride[0]), int(stride[1]))))
+    if auxiliary:
+        model["auxiliary_head"] = dict(
+            type="FCNHead", in_channels=d, in_index=min(2, len(blocks) - 1), channels=256, num_convs=1,
+            concat_input=False, dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm, align_corners=False,
+            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4))
+    if augment:
+        train_pipeline = [
+            dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
+            dict(type="RandomResize", scale=train_scale, ratio_range=tuple(ratio_range), keep_ratio=True),
+            dict(type="RandomCrop", crop_size=crop_hw, cat_max_ratio=cat_max_ratio),
+            dict(type="RandomFlip", prob=0.5), dict(type="PhotoMetricDistortion"), dict(type="PackSegInputs")]
+    else:  # deterministic: the test-time resize and a centre-less top-left crop (for checks)
+        train_pipeline = [
+            dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
+            dict(type="Resize", scale=tuple(scale), keep_ratio=True), dict(type="PackSegInputs")]
+    test_pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=tuple(scale), keep_ratio=True),
+                     dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+    metainfo = dict(classes=tuple(classes))
+
+    def dataset(split_prefix: dict, pipeline, test_mode: bool):
+        return dict(type="BaseSegDataset", data_root=layout["data_root"], data_prefix=split_prefix,
+                    img_suffix=layout.get("img_suffix", ".jpg"), seg_map_suffix=layout.get("seg_map_suffix", ".png"),
+                    reduce_zero_label=layout.get("reduce_zero_label", True), metainfo=metainfo,
+                    pipeline=pipeline, test_mode=test_mode)
+
+    per_gpu = batch_size // world_size
+    cfg = dict(
+        default_scope="mmseg",
+        model=model,
+        work_dir=work_dir,
+        randomness=dict(seed=seed, deterministic=False),
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl" if cuda else "gloo")),
+        launcher="pytorch" if world_size > 1 else "none",
+        train_dataloader=dict(batch_size=per_gpu, num_workers=workers, persistent_workers=workers > 0,
+                              sampler=dict(type="InfiniteSampler", shuffle=True),
+                              dataset=dataset(layout["train"], train_pipeline, False)),
+        val_dataloader=dict(batch_size=1, num_workers=workers, persistent_workers=workers > 0,
+                            sampler=dict(type="DefaultSampler", shuffle=False),
+                            dataset=dataset(layout["val"], test_pipeline, True)),
+        val_evaluator=dict(type=METRIC, iou_metrics=["mIoU"], output_dir=str(Path(work_dir) / "metrics")),
+        optim_wrapper=dict(
+            type="AmpOptimWrapper" if cuda else "OptimWrapper",
+            optimizer=dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay),
+            **(dict(dtype="bfloat16") if cuda else {})),
+        param_scheduler=[
+            # concurrent mmengine schedulers multiply their factors; mmengine's schedules reach their end
+            # value at step end-1, hence +1: lr(t) = base * (1 - t/iters) * (r + (1-r) * min(t, warmup)/warmup),
+            # mmcv 1.x's poly + linear warmup (the paper's fork)
+            dict(type="LinearLR", start_factor=warmup_ratio, by_epoch=False, begin=0, end=max(1, warmup) + 1),
+            dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False, begin=0, end=iters + 1)],
+        # validated once, after training (``run`` calls the val loop); a val_interval validates on the way too
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val_interval or iters + 1),
+        val_cfg=dict(type="ValLoop"),
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=max(1, min(50, iters // 10)), log_metric_by_epoch=False),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=checkpoint_interval or iters,
+                            max_keep_ckpts=1, save_last=True),
+            sampler_seed=dict(type="DistSamplerSeedHook")),
+        log_processor=dict(by_epoch=False),
+        log_level="WARNING",
+    )
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# inside mmseg (the worker process, or a test)
+# --------------------------------------------------------------------------------------------------
+_REGISTERED = False
+
+
+def register() -> None:
+    """Make mmseg importable here and register the frozen harness backbone and the IoU metric that keeps
+    per-class values (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from harness.compat import ensure_mmseg
+
+    ensure_mmseg()
+    import numpy as np
+    import torch
+    from mmengine.model import BaseModule
+    from mmseg.evaluation import IoUMetric
+    from mmseg.registry import METRICS, MODELS
+
+    from harness.api import Encoder
+    from harness.execution import Executor
+
+    class FrozenEncoder(BaseModule):
+        """A harness encoder as an mmseg backbone: raw block outputs as [B, D, H/p, W/p] maps. The encoder
+        is held outside the module tree, so its weights are neither trained nor saved in checkpoints."""
+
+        def __init__(self, encoder, blocks: Sequence[int], init_cfg=None):
+            super().__init__(init_cfg)
+            self._encoder = [encoder if isinstance(encoder, Encoder) else build_encoder(encoder)]
+            self.blocks = [int(b) for b in blocks]
+            self._executor = None
+
+        @property
+        def encoder(self) -> Encoder:
+            return self._encoder[0]
+
+        def forward(self, x):
+            enc = self.encoder
+            if self._executor is None or self._executor.device != x.device:
+                self._executor = Executor(enc, str(x.device))
+            p, prefix = int(enc.patch_size), int(enc.prefix_tokens)
+            h, w = x.shape[-2] // p, x.shape[-1] // p
+            out = self._executor(x, [f"block.{i}" for i in self.blocks])
+            maps = []
+            for i in self.blocks:
+                t = out[f"block.{i}"][:, prefix:]
+                # clone: inference-mode outputs cannot be saved for the heads' backward pass
+                maps.append(t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w).clone())
+            return tuple(maps)
+
+    class KeepPerClassIoU(IoUMetric):
+        """IoUMetric that also writes the per-class IoU and Acc (in %) to ``output_dir/per_class.json``."""
+
+        def compute_metrics(self, results: list):
+            metrics = super().compute_metrics(results)
+            res = tuple(zip(*results))
+            ret = self.total_area_to_metrics(sum(res[0]), sum(res[1]), sum(res[2]), sum(res[3]), self.metrics,
+                                             self.nan_to_num, self.beta)
+            names = list(self.dataset_meta["classes"])
+            per_class = {n: {"IoU": float(np.round(ret["IoU"][k] * 100, 4)), "Acc": float(np.round(ret["Acc"][k] * 100, 4))}
+                         for k, n in enumerate(names)}
+            if self.output_dir:
+                Path(self.output_dir).mkdir(parents=True, exist_ok=True)
+                (Path(self.output_dir) / "per_class.json").write_text(json.dumps(per_class, indent=1))
+            return metrics
+
+    MODELS.register_module(BACKBONE, module=FrozenEncoder, force=True)
+    METRICS.register_module(METRIC, module=KeepPerClassIoU, force=True)
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)  # configs name mmseg types without a scope prefix
+    _REGISTERED = True
+
+
+def build_encoder(spec: dict):
+    """The harness encoder described by ``spec`` (built and validated as the spec loader does)."""
+    from harness.plugins import Plugins
+    from harness.spec import validate_options
+
+    plugins = Plugins(plugins_dirs=spec.get("plugins_dirs") or ())
+    reg = plugins.get("encoder", spec["plugin"])
+    opts = validate_options(reg.cls.option_schema(), spec.get("options") or {}, f"encoder '{spec['name']}'")
+    enc = reg.cls(spec["name"], **opts)
+    enc.plugin_name = reg.name
+    enc.validate()
+    return enc
+
+
+def run(cfg: dict) -> dict:
+    """Train with mmengine's Runner in this process, then validate once: {"metrics": {aAcc, mIoU, mAcc},
+    "per_class": {name: {IoU, Acc}}, "checkpoint": path of the head weights, "iterations"}."""
+    register()
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(cfg if isinstance(cfg, Config) else Config(cfg))
+    runner.train()  # no validation during training (val_interval > iterations)
+    metrics = runner.val_loop.run()
+    per_class_file = Path(cfg["val_evaluator"]["output_dir"]) / "per_class.json"
+    ckpt = Path(cfg["work_dir"]) / f"iter_{cfg['train_cfg']['max_iters']}.pth"
+    return {"metrics": {k: float(metrics[k]) for k in ("aAcc", "mIoU", "mAcc") if k in metrics},
+            "per_class": json.loads(per_class_file.read_text()) if per_class_file.is_file() else {},
+            "checkpoint": str(ckpt) if ckpt.is_file() else None, "iterations": cfg["train_cfg"]["max_iters"]}
+
+
+def main(argv=None) -> int:
+    """Worker entry point: ``python -m partbench_plugins.tasks.seg_mmseg CONFIG.py RESULT.json``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg_path, out_path = Path(argv[0]), Path(argv[1])
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine's checkpoints (this process only)
+    from mmengine.config import Config
+
+    result = run(Config.fromfile(str(cfg_path)).to_dict())
+    if int(os.environ.get("RANK", "0")) == 0:
+        out_path.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
