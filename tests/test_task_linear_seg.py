@@ -193,7 +193,7 @@ def test_slide_inference_and_iou_equal_mmseg(data, tmp_path):
 def test_fast_protocol_runs_with_an_lr_sweep_and_saves_heads(data, tmp_path):
     train, val = data
     ctx = FakeContext(enc(), StubDataset("s", {"train": train, "val": val}), out_dir=tmp_path)
-    res = task(iterations=30, warmup=5, lrs=[1e-3], blocks=[0, 1, 2, 3]).run(ctx)
+    res = task(iterations=30, warmup=5, lrs=[1e-3], blocks=[0, 1, 2, 3], flip=True).run(ctx)
     m, d = res["metrics"], res["details"]
     assert 0 <= m["mIoU"] <= 100 and "mIoU@lr=0.001" in m
     assert d["geometry"]["train_windows"] == 2 * sum(len(w) for w in ls._Geometry(train, (96, 48), (32, 32), (24, 24)).windows)

@@ -200,8 +200,9 @@ class LinearSeg(Task):
         "crop": Option(list, None, "slide window / training crop [h, w]; default: the dataset's",
                        nullable=True, check=_check_pair),
         "stride": Option(list, None, "slide stride [h, w]; default: the dataset's", nullable=True, check=_check_pair),
-        "flip": Option(bool, True, "fast: also cache the mirror image of every training window and draw a "
-                       "random flip per sample (the paper's RandomFlip 0.5)"),
+        "flip": Option(bool, False, "fast: also cache the mirror image of every training window and draw a "
+                       "random flip per sample (closer to the paper's RandomFlip 0.5; doubles the training "
+                       "encodes and cache)"),
         "mode": Option(str, "auto", "fast: cache the window features (cache), re-encode every epoch (stream), or "
                        "cache up to max_cache_gb (auto)", choices=["auto", "cache", "stream"]),
         "max_cache_gb": Option(float, 64.0, "fast, mode auto: the largest window cache to build"),
@@ -515,7 +516,10 @@ class LinearSeg(Task):
         ctx.barrier()
         res = json.loads(res_path.read_text()) if ctx.is_main else {}
         metrics = {k: round(v, 2) for k, v in res.get("metrics", {}).items()}
+        worker_forwards = res.get("forwards", {})
+        ctx.forwards += sum(worker_forwards.values())  # encoded in the worker (rank 0's share under torchrun)
         details = {"protocol": "paper", "per_class": res.get("per_class", {}), "checkpoint": res.get("checkpoint"),
+                   "worker_forwards": worker_forwards,
                    "iterations": o["iterations"], "batch_size": o["batch_size"], "lr": o["lr"],
                    "geometry": {"scale": scale, "crop": crop, "stride": stride}, "world_size": ctx.world_size,
                    "config": str(cfg_path), "seconds": round(time.perf_counter() - t0, 3),

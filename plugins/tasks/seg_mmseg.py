@@ -31,6 +31,7 @@ from typing import Sequence
 
 BACKBONE = "PartbenchFrozenEncoder"
 METRIC = "PartbenchIoUMetric"
+COUNT_HOOK = "PartbenchForwardCount"
 
 
 def build_config(*, encoder: dict, blocks: Sequence[int], embed_dim: int, num_classes: int,
@@ -114,8 +115,9 @@ def build_config(*, encoder: dict, blocks: Sequence[int], embed_dim: int, num_cl
             # mmcv 1.x's poly + linear warmup (the paper's fork)
             dict(type="LinearLR", start_factor=warmup_ratio, by_epoch=False, begin=0, end=max(1, warmup) + 1),
             dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False, begin=0, end=iters + 1)],
-        # validated once, after training (``run`` calls the val loop); a val_interval validates on the way too
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val_interval or iters + 1),
+        # mmengine's loop validates at the end of training (and every val_interval iterations)
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val_interval or iters),
+        custom_hooks=[dict(type=COUNT_HOOK)],
         val_cfg=dict(type="ValLoop"),
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
@@ -147,9 +149,10 @@ def register() -> None:
     ensure_mmseg()
     import numpy as np
     import torch
+    from mmengine.hooks import Hook
     from mmengine.model import BaseModule
     from mmseg.evaluation import IoUMetric
-    from mmseg.registry import METRICS, MODELS
+    from mmseg.registry import HOOKS, METRICS, MODELS
 
     from harness.api import Encoder
     from harness.execution import Executor
@@ -163,6 +166,7 @@ def register() -> None:
             self._encoder = [encoder if isinstance(encoder, Encoder) else build_encoder(encoder)]
             self.blocks = [int(b) for b in blocks]
             self._executor = None
+            self.forwards = 0  # images encoded (training crops and validation windows)
 
         @property
         def encoder(self) -> Encoder:
@@ -175,6 +179,7 @@ def register() -> None:
             p, prefix = int(enc.patch_size), int(enc.prefix_tokens)
             h, w = x.shape[-2] // p, x.shape[-1] // p
             out = self._executor(x, [f"block.{i}" for i in self.blocks])
+            self.forwards += int(x.shape[0])
             maps = []
             for i in self.blocks:
                 t = out[f"block.{i}"][:, prefix:]
@@ -183,7 +188,8 @@ def register() -> None:
             return tuple(maps)
 
     class KeepPerClassIoU(IoUMetric):
-        """IoUMetric that also writes the per-class IoU and Acc (in %) to ``output_dir/per_class.json``."""
+        """IoUMetric that also writes its metrics and the per-class IoU and Acc (in %) to
+        ``output_dir/metrics.json`` (runs on rank 0, after the results of every rank were collected)."""
 
         def compute_metrics(self, results: list):
             metrics = super().compute_metrics(results)
@@ -191,15 +197,33 @@ def register() -> None:
             ret = self.total_area_to_metrics(sum(res[0]), sum(res[1]), sum(res[2]), sum(res[3]), self.metrics,
                                              self.nan_to_num, self.beta)
             names = list(self.dataset_meta["classes"])
-            per_class = {n: {"IoU": float(np.round(ret["IoU"][k] * 100, 4)), "Acc": float(np.round(ret["Acc"][k] * 100, 4))}
+            per_class = {n: {"IoU": _round(ret["IoU"][k] * 100), "Acc": _round(ret["Acc"][k] * 100)}
                          for k, n in enumerate(names)}
             if self.output_dir:
                 Path(self.output_dir).mkdir(parents=True, exist_ok=True)
-                (Path(self.output_dir) / "per_class.json").write_text(json.dumps(per_class, indent=1))
+                (Path(self.output_dir) / "metrics.json").write_text(json.dumps(
+                    {"metrics": {k: float(v) for k, v in metrics.items()}, "per_class": per_class}, indent=1))
             return metrics
+
+    def _round(v):
+        v = float(v)
+        return None if np.isnan(v) else round(v, 4)
+
+    class ForwardCount(Hook):
+        """Records how many images the frozen backbone encoded for training and for validation."""
+
+        def before_val(self, runner):
+            self.train = getattr(runner.model, "module", runner.model).backbone.forwards
+
+        def after_val(self, runner):
+            total = getattr(runner.model, "module", runner.model).backbone.forwards
+            Path(runner.work_dir).mkdir(parents=True, exist_ok=True)
+            (Path(runner.work_dir) / f"forwards-rank{runner.rank}.json").write_text(
+                json.dumps({"train": self.train, "val": total - self.train}))
 
     MODELS.register_module(BACKBONE, module=FrozenEncoder, force=True)
     METRICS.register_module(METRIC, module=KeepPerClassIoU, force=True)
+    HOOKS.register_module(COUNT_HOOK, module=ForwardCount, force=True)
     from mmseg.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)  # configs name mmseg types without a scope prefix
@@ -228,13 +252,15 @@ def run(cfg: dict) -> dict:
     from mmengine.runner import Runner
 
     runner = Runner.from_cfg(cfg if isinstance(cfg, Config) else Config(cfg))
-    runner.train()  # no validation during training (val_interval > iterations)
-    metrics = runner.val_loop.run()
-    per_class_file = Path(cfg["val_evaluator"]["output_dir"]) / "per_class.json"
-    ckpt = Path(cfg["work_dir"]) / f"iter_{cfg['train_cfg']['max_iters']}.pth"
-    return {"metrics": {k: float(metrics[k]) for k in ("aAcc", "mIoU", "mAcc") if k in metrics},
-            "per_class": json.loads(per_class_file.read_text()) if per_class_file.is_file() else {},
-            "checkpoint": str(ckpt) if ckpt.is_file() else None, "iterations": cfg["train_cfg"]["max_iters"]}
+    runner.train()  # validates at the end of training
+    work = Path(cfg["work_dir"])
+    found = Path(cfg["val_evaluator"]["output_dir"]) / "metrics.json"
+    out = json.loads(found.read_text()) if found.is_file() else {"metrics": {}, "per_class": {}}
+    ckpt = work / f"iter_{cfg['train_cfg']['max_iters']}.pth"
+    counts = work / f"forwards-rank{runner.rank}.json"
+    out.update(checkpoint=str(ckpt) if ckpt.is_file() else None, iterations=cfg["train_cfg"]["max_iters"],
+               forwards=json.loads(counts.read_text()) if counts.is_file() else {})  # this process's share
+    return out
 
 
 def main(argv=None) -> int:
