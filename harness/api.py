@@ -127,6 +127,10 @@ class Encoder(_Plugin):
     patch_size: int | None = None
     #: leading non-patch tokens in ``tokens`` and ``block.<i>`` (1: the CLS token; 0: none)
     prefix_tokens: int = 1
+    #: how the encoder was pretrained, as the paper groups methods: "supervised", "contrastive",
+    #: "masked image modelling", "contrastive + masked image modelling", "language-image", or None.
+    #: Reports compare object- vs part-level results relative to the supervised encoder of a run.
+    pretraining: str | None = None
     #: what loading did (source entry, architecture, missing/unexpected/ignored keys); stored in results
     load_report: dict = {}  # replaced, never mutated: subclasses assign a new dict in load()
 
@@ -285,6 +289,11 @@ class Dataset(_Plugin):
 
     #: split names this dataset offers
     splits: Sequence[str] = ("all",)
+    #: "object" or "part": what its labels name (None: neither or both). Two datasets with the same
+    #: ``hierarchy`` and different levels form an object/part pair (e.g. ADE20K-Object and ADE20K-Part),
+    #: which reports draw side by side (the paper's Fig. 7).
+    level: str | None = None
+    hierarchy: str | None = None
 
     def prepare(self) -> None:
         """Optional one-off work before loading (e.g. generate synthetic files). Idempotent."""

@@ -255,6 +255,7 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
     cfg = plan.unit_config(unit)
     result = {"unit": unit.id, "encoder": unit.encoder, "dataset": unit.dataset, "task": unit.task,
               "task_plugin": task.plugin_name, "headline": list(task.headline), "config": cfg,
+              "encoder_pretraining": enc.pretraining, "dataset_level": ds.level, "dataset_hierarchy": ds.hierarchy,
               "config_hash": config_hash(cfg), "status": "ok", "metrics": {}, "details": {}, "artifacts": [],
               "error": None}
     t0 = time.perf_counter()

@@ -257,12 +257,25 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
             obj.plugin_name = reg.name
             instances[section][name] = obj
             config[section][name] = {"plugin": reg.name, "origin": reg.origin, "options": opts}
+    checked: set = set()
     for u in units:
         enc, ds, task = instances["encoders"][u.encoder], instances["datasets"][u.dataset], instances["tasks"][u.task]
         try:
             task.check(enc, ds)
         except (ValueError, HarnessError) as exc:  # HarnessError: e.g. a checkpoint read to check support
             raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
+        # cheap data checks of every split the unit will read (annotation files exist, ...), once each
+        try:
+            splits = {r.split for r in task.requests(enc, ds)}
+        except (ValueError, HarnessError) as exc:
+            raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
+        splits |= {task.opts[k] for k in ("split", "train_split", "test_split") if isinstance(task.opts.get(k), str)}
+        for split in sorted(splits - {s for d, s in checked if d == u.dataset}):
+            checked.add((u.dataset, split))
+            try:
+                ds.check_split(split)
+            except (ValueError, HarnessError) as exc:
+                raise SpecError(f"{where}: datasets.{u.dataset} (split '{split}', read by tasks.{u.task}): {exc}") from None
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SpecError(f"{where}: seed: expected an integer, got {seed!r}")

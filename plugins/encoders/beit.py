@@ -30,6 +30,7 @@ class BEiT(CheckpointEncoder):
     """BEiT pretrained encoder: shared relative position bias, layer scale, q/v bias."""
 
     method = "BEiT"
+    pretraining = "masked image modelling"
     family = "beit"
     expected = ("a BEiT pretrain file such as beit_base_patch16_224_pt22k.pth (a dict with 'model' holding "
                 "blocks.* with q_bias/v_bias and 'rel_pos_bias.relative_position_bias_table')")

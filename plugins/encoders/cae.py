@@ -22,6 +22,7 @@ class CAE(CheckpointEncoder):
     """CAE pretrained encoder (encoder.* of the official checkpoint)."""
 
     method = "CAE"
+    pretraining = "masked image modelling"
     family = "beit"
     expected = ("the CAE file cae_base_1600ep.pth (a dict with 'model' holding 'encoder.*' keys with "
                 "q_bias/v_bias, gamma_1/gamma_2 and a sin-cos pos_embed)")

@@ -23,6 +23,7 @@ class DeiT(CheckpointEncoder):
     """Supervised ViT-B/16: DeiT-B (default) or Google ViT-B/16 (variant google_vit)."""
 
     method = "DeiT/supervised ViT"
+    pretraining = "supervised"
     options = {
         "variant": Option(str, "deit", "deit: deit_base_patch16_224-b5f2ef4d.pth ({'model': ...}); google_vit: "
                                        "jx_vit_base_p16_224-80ecf9dd.pth (raw state dict)",

@@ -23,6 +23,7 @@ class DINO(DINOLike):
     """DINO ViT (teacher by default) with the DINOHead as 'projected' (full checkpoint only)."""
 
     method = "DINO"
+    pretraining = "contrastive"
     backbone_only_name = "dino_vitbase16_pretrain.pth"
     expected = ("a DINO file: dino_vitbase16_pretrain_full_checkpoint.pth (a dict with 'teacher'/'student' "
                 "holding backbone.*/head.*) or the backbone-only dino_vitbase16_pretrain.pth (a raw ViT state dict)")

@@ -21,6 +21,7 @@ class IBOT(DINOLike):
     """iBOT ViT (teacher by default) with the iBOTHead CLS branch as 'projected' (full checkpoint only)."""
 
     method = "iBOT"
+    pretraining = "contrastive + masked image modelling"
     backbone_only_key = "state_dict"
     backbone_only_name = "checkpoint_teacher.pth"
     expected = ("an iBOT file: the full checkpoint.pth (a dict with 'teacher'/'student' holding backbone.*/"

@@ -25,6 +25,7 @@ class MAE(CheckpointEncoder):
     """MAE pretrained ViT encoder (no decoder), final norm, no position shuffle."""
 
     method = "MAE"
+    pretraining = "masked image modelling"
     expected = ("the MAE file mae_pretrain_vit_base.pth (a dict with 'model' holding the encoder: cls_token, "
                 "pos_embed, patch_embed, blocks, norm; no classifier head)")
 

@@ -64,6 +64,7 @@ class MoCoV3(CheckpointEncoder):
     """MoCo v3 base encoder, with its projector (and optionally predictor) as 'projected'."""
 
     method = "MoCo v3"
+    pretraining = "contrastive"
     has_head = True
     representations = ("cls", "mean_patch", "tokens", "blocks", "projected")
     expected = ("the MoCo v3 file vit-b-300ep.pth.tar (a dict with 'state_dict' holding "

@@ -209,6 +209,9 @@ class LinearSeg(Task):
         "train_split": Option(str, "train", "split to train on"),
         "test_split": Option(str, "val", "split to evaluate on"),
         "workers": Option(int, 2, "paper: mmseg data-loader workers per process"),
+        "isolation": Option(str, "subprocess", "paper: run mmengine in a worker process (isolates mmseg's global "
+                            "state and logging) or in this process (starts faster)",
+                            choices=["subprocess", "inprocess"]),
         "auxiliary": Option(bool, True, "paper: train the auxiliary FCN head on block index 2 (as the configs)"),
     }
 
@@ -512,9 +515,12 @@ class LinearSeg(Task):
 
         Config(cfg).dump(str(cfg_path))  # a .py config keeps tuples (mmseg's transforms insist on them)
         t0 = time.perf_counter()
-        self._worker(ctx, cfg_path, res_path)
-        ctx.barrier()
-        res = json.loads(res_path.read_text()) if ctx.is_main else {}
+        if o["isolation"] == "inprocess":  # under torchrun mmengine uses this process group
+            res = seg_mmseg.run(cfg)
+        else:
+            self._worker(ctx, cfg_path, res_path)
+            ctx.barrier()
+            res = json.loads(res_path.read_text()) if ctx.is_main else {}
         metrics = {k: round(v, 2) for k, v in res.get("metrics", {}).items()}
         worker_forwards = res.get("forwards", {})
         ctx.forwards += sum(worker_forwards.values())  # encoded in the worker (rank 0's share under torchrun)

@@ -1,0 +1,139 @@
+"""Segmentation datasets in mmsegmentation's folder convention: a public helper for dataset plugins.
+
+A split is an image folder and a label folder under a root, paired by file stem (``<stem>.jpg`` and
+``<stem>.png``); labels are single-channel index PNGs (mode L or P: palette PNGs give indices, never
+colours), 0 = background/unlabelled, classes 1..C (``reduce_zero_label``: 0 -> 255 ignored, k -> k-1).
+
+``SegFolderDataset`` is the base of the ADE20K, Pascal and LIP plugins: it declares the split folders,
+the classes and the official evaluation geometry; ``check_split`` (run at spec validation) finds missing
+folders, unpaired files and labels above C in the first few label maps; ``load`` returns a
+``harness.api.SegSamples`` whose ``layout`` lets mmseg's ``BaseSegDataset`` read the very same files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from harness import Dataset, HarnessError, Option
+from harness.api import SegSamples
+
+from ._common import expand, need_dir
+
+#: label maps read at validation to check their mode and values
+CHECKED_AT_VALIDATION = 8
+
+
+def _stems(folder: Path, suffix: str) -> dict[str, Path]:
+    return {p.name[: -len(suffix)]: p for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file()}
+
+
+def pair_files(img_dir: Path, ann_dir: Path, img_suffix: str = ".jpg", seg_suffix: str = ".png"):
+    """Sorted (stems, image paths, label paths); an image without its label (or the reverse) is an error
+    naming the first such file and how many there are."""
+    need_dir(img_dir, "images")
+    need_dir(ann_dir, "label maps")
+    imgs, anns = _stems(img_dir, img_suffix), _stems(ann_dir, seg_suffix)
+    if not imgs:
+        raise HarnessError(f"{img_dir}: no '*{img_suffix}' images")
+    lonely_img = sorted(set(imgs) - set(anns))
+    lonely_ann = sorted(set(anns) - set(imgs))
+    if lonely_img:
+        raise HarnessError(f"{imgs[lonely_img[0]]}: no label map {ann_dir / (lonely_img[0] + seg_suffix)} "
+                           f"({len(lonely_img)} image(s) without labels)")
+    if lonely_ann:
+        raise HarnessError(f"{anns[lonely_ann[0]]}: no image {img_dir / (lonely_ann[0] + img_suffix)} "
+                           f"({len(lonely_ann)} label map(s) without images)")
+    stems = sorted(imgs)
+    return stems, [str(imgs[s]) for s in stems], [str(anns[s]) for s in stems]
+
+
+def check_label_map(path: str, num_classes: int, reduce_zero_label: bool = True) -> None:
+    """One-line error unless ``path`` is a single-channel index PNG with labels <= C (255 allowed)."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = np.asarray(im) if mode in ("L", "P", "I", "I;16") else None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise HarnessError(f"{path}: unreadable label map ({type(exc).__name__}: {exc})") from None
+    if arr is None:
+        raise HarnessError(f"{path}: label map has mode {mode}; expected a single-channel index PNG (mode L or P)")
+    top = int(arr.max()) if arr.size else 0
+    limit = num_classes if reduce_zero_label else num_classes - 1
+    if top > limit and top != 255:
+        raise HarnessError(f"{path}: label {top} > {limit} ({num_classes} classes"
+                           f"{', 0 = ignored background' if reduce_zero_label else ''})")
+
+
+def read_classes_file(path) -> list[str]:
+    p = expand(path)
+    names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise HarnessError(f"{p}: no class names (one per line)")
+    return names
+
+
+class SegFolderDataset(Dataset):
+    """Base of the folder-convention segmentation datasets. Subclasses set ``folders`` {split: (image dir,
+    label dir)} relative to the root, ``classes`` (names, or None for numbered names), ``num_classes``,
+    ``defaults`` (official geometry) and ``level``/``hierarchy`` (object or part, and the family that
+    pairs them, for the object-vs-part figure)."""
+
+    folders: dict[str, tuple[str, str]] = {}
+    classes: Sequence[str] | None = None
+    num_classes: int = 0
+    class_prefix = "class"
+    defaults: dict = {}
+    img_suffix, seg_suffix = ".jpg", ".png"
+    options = {
+        "root": Option(str, help="dataset root folder", path="dir"),
+        "classes_file": Option(str, None, "class names, one per line, in label order (1..C)", path="file",
+                               nullable=True),
+    }
+
+    @property
+    def splits(self):  # type: ignore[override]
+        return tuple(self.folders)
+
+    def class_names(self) -> list[str]:
+        if self.opts.get("classes_file"):
+            names = read_classes_file(self.opts["classes_file"])
+            if len(names) != self.num_classes:
+                raise HarnessError(f"{self.opts['classes_file']}: {len(names)} class names; dataset "
+                                   f"'{self.name}' has {self.num_classes} classes")
+            return names
+        if self.classes is not None:
+            return list(self.classes)
+        width = len(str(self.num_classes))
+        return [f"{self.class_prefix}_{k:0{width}d}" for k in range(1, self.num_classes + 1)]
+
+    def _dirs(self, split: str) -> tuple[Path, Path]:
+        if split not in self.folders:
+            raise HarnessError(f"dataset '{self.name}': unknown split '{split}' (expected one of "
+                               f"{', '.join(self.folders)})")
+        root = expand(self.opts["root"])
+        img, ann = self.folders[split]
+        return root / img, root / ann
+
+    def check_split(self, split: str) -> None:
+        super().check_split(split)
+        img_dir, ann_dir = self._dirs(split)
+        _, _, labels = pair_files(img_dir, ann_dir, self.img_suffix, self.seg_suffix)
+        n = self.num_classes
+        for path in labels[:CHECKED_AT_VALIDATION]:
+            check_label_map(path, n)
+        self.class_names()
+
+    def load(self, split: str) -> SegSamples:
+        img_dir, ann_dir = self._dirs(split)
+        stems, images, labels = pair_files(img_dir, ann_dir, self.img_suffix, self.seg_suffix)
+        root = expand(self.opts["root"])
+        summary = {"split": split, "images": len(stems), "classes": self.num_classes,
+                   "image_dir": str(img_dir), "label_dir": str(ann_dir)}
+        layout = {"data_root": str(root), "img_path": str(img_dir.relative_to(root)),
+                  "seg_map_path": str(ann_dir.relative_to(root)), "img_suffix": self.img_suffix,
+                  "seg_map_suffix": self.seg_suffix, "reduce_zero_label": True}
+        return SegSamples(stems, self.class_names(), summary, images, labels, reduce_zero_label=True,
+                          defaults=dict(self.defaults), layout=layout)
