@@ -12,6 +12,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from .api import HarnessError
+from .levels import level_figure, level_markdown, level_pairs
 
 
 def load_results(out_dir: str | os.PathLike) -> list[dict]:
@@ -72,6 +73,9 @@ def render(results: list[dict], fmt: str = "simple") -> str:
         parts.append(f"## {task}\n" if fmt == "github" else f"{task}")
         parts.append(tabulate(rows, headers=header, tablefmt=fmt, floatfmt=".2f"))
         parts.append("")
+    pairs = level_pairs(results)
+    if pairs:
+        parts.append(level_markdown(pairs, fmt))
     return "\n".join(parts)
 
 
@@ -124,6 +128,7 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
     from .runner import write_json_atomic
 
     written = {}
+    pairs = level_pairs(results)  # object vs part (Fig. 7) wherever the run has an object/part pair
     md = out / "report.md"
     md.write_text(render(results, "github"))
     written["markdown"] = md
@@ -133,8 +138,14 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
                for r in results]
     write_json_atomic(out / "summary.json", summary)
     written["json"] = out / "summary.json"
+    if pairs:
+        write_json_atomic(out / "levels.json", pairs)
+        written["levels"] = out / "levels.json"
     if figure:
         png = _figure(results, out / "summary.png")
         if png:
             written["figure"] = png
+        png = level_figure(pairs, out / "levels.png")
+        if png:
+            written["levels_figure"] = png
     return written

@@ -133,3 +133,20 @@ def test_spec_runs_both_protocols_on_ade_pascal_and_lip_layouts(tmp_path):
     assert fast["pascal_part"]["dataset_level"] == "part" and fast["pascal_part"]["dataset_hierarchy"] == "pascal"
     report = (tmp_path / "out" / "report.md").read_text()
     assert "mIoU" in report and "lip" in report
+
+
+def test_a_too_big_window_cache_is_refused_before_anything_is_encoded(tmp_path):
+    from harness.runner import run_spec
+
+    spec = tmp_path / "seg.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        encoders: {{v: {{plugin: random_vit, options: {{embed_dim: 24, depth: 4, num_heads: 2, img_size: 32,
+                                                       patch_size: 8}}}}}}
+        datasets: {{lip: {{plugin: lip, options: {{root: {write_img_ann(tmp_path / "lip", 19)}}}}}}}
+        tasks: {{seg: {{plugin: linear_seg, options: {{blocks: [0, 1], iterations: 2, scale: [96, 48],
+                                                    crop: [32, 32], stride: [24, 24], max_cache_gb: 1.0e-6}}}}}}
+    """))
+    (r,) = run_spec(spec, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert r["status"] == "failed" and r["forwards"] == 0
+    assert "window cache of encoder 'v' would take" in r["error"] and "mode: stream" in r["error"]
+    assert not list((tmp_path / "cache").rglob("*.npy"))

@@ -21,6 +21,7 @@ from harness.plugins import Plugins
 from harness.spec import build_plan
 
 from fixtures_data import noise_image, write_cifar10, write_coco, write_cub
+from fixtures_seg import write_ade, write_img_ann
 from test_encoders_checkpoints import W, make
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -42,7 +43,15 @@ PROJECTED_DIM = {"mocov3": 32, "dino": 96, "ibot": 96}  # the tiny files' projec
 
 # 8 encoders x 2 datasets x 3 tasks + 3 x 2 projected; 8 x 2 + 3 x 2; 8 + 8; 7 (no vit_in21k gallery)
 UNITS = {"table4_parts.yaml": 54, "table2_objects.yaml": 22, "table1_imagenet.yaml": 16, "fig6_gallery.yaml": 7}
-UNITS["paper.yaml"] = sum(UNITS.values())
+# segmentation: the seven methods on ADE20K; ADE-Part, Pascal-Part, LIP; the two pairs; the LIP lr sweep.
+# Tables 5, 7 and 8 share their part-level cells, so these specs overlap.
+SEG_UNITS = {"table3_ade_objects.yaml": 7, "table5_parts_seg.yaml": 21, "table7_ade.yaml": 14,
+             "table8_pascal.yaml": 14, "table9_lip_lr.yaml": 7}
+UNITS["paper.yaml"] = sum(UNITS.values()) + 7 * 6 + 7
+UNITS.update(SEG_UNITS)
+SEG_ENCODERS = [e for e in ENCODERS if e != "vit_in21k"]
+# the tiny checkpoints have 2 blocks: the segmentation head reads both
+TINY_BLOCKS = ["tasks.seg.options.blocks=[0,1]", "tasks.seg_lr.options.blocks=[0,1]"]
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 
@@ -106,6 +115,12 @@ def write_data(root: Path) -> Path:
     write_coco_tree(root / "coco")
     write_cifar10(root, per_batch=12)
     write_imagenet(root / "imagenet")
+    write_ade(root / "ADEChallengeData2016")
+    write_ade(root / "ade_59object" / "ADEChallengeData2016", num_classes=59)
+    write_img_ann(root / "ade_209part", 209)
+    write_img_ann(root / "pascal_object", 16)
+    write_img_ann(root / "pascal_part", 193)
+    write_img_ann(root / "LIP", 19)
     return root
 
 
@@ -130,6 +145,8 @@ def paper_env(paper_dirs, monkeypatch):
 def test_spec_validates(spec, paper_env, capsys):
     # the tiny checkpoints are 64 wide: the attentive probes' 12 heads are refused at validation
     heads = ["-o", "tasks.part_attentive.options.num_heads=4", "-o", "tasks.image_attentive.options.num_heads=4"]
+    for o in TINY_BLOCKS:
+        heads += ["-o", o]
     assert cli.main(["validate", str(SPECS / spec), *heads]) == 0
     out = capsys.readouterr().out
     assert f"OK — {UNITS[spec]} units" in out, out
@@ -137,15 +154,17 @@ def test_spec_validates(spec, paper_env, capsys):
     assert len(plan.units) == UNITS[spec]
     # every reference entry names a unit of paper.yaml; the per-table specs inherit them all
     assert set(plan.reference) >= {"part_retrieval", "part_linear", "part_attentive", "object_retrieval",
-                                   "image_linear", "image_attentive"}
+                                   "image_linear", "image_attentive", "seg", "seg_lr"}
 
 
 def test_paper_units_are_the_union_of_the_tables(paper_env):
     plugins = Plugins()
-    heads = ["tasks.part_attentive.options.num_heads=4", "tasks.image_attentive.options.num_heads=4"]
+    heads = ["tasks.part_attentive.options.num_heads=4", "tasks.image_attentive.options.num_heads=4", *TINY_BLOCKS]
     paper = {u.id for u in build_plan(SPECS / "paper.yaml", plugins, heads).units}
-    tables = [{u.id for u in build_plan(SPECS / s, plugins, heads).units} for s in UNITS if s != "paper.yaml"]
-    assert set().union(*tables) == paper and sum(map(len, tables)) == len(paper)
+    tables = {s: {u.id for u in build_plan(SPECS / s, plugins, heads).units} for s in UNITS if s != "paper.yaml"}
+    assert set().union(*tables.values()) == paper
+    non_seg = [ids for s, ids in tables.items() if s not in SEG_UNITS]  # disjoint; seg tables share cells
+    assert sum(map(len, non_seg)) + len(set().union(*(tables[s] for s in SEG_UNITS))) == len(paper)
     # every paper.yaml reference number belongs to a unit of the plan
     plan = build_plan(SPECS / "paper.yaml", plugins, heads)
     for task, by_ds in plan.reference.items():
@@ -287,6 +306,42 @@ def test_fig6_runs(paper_env, tmp_path, capsys):
     s = ds.load("val")
     assert s.summary["images_found"] == 7 and s.summary["images"] == 6 and len(s) == 6 * 49
     assert not any("00030000" in k for k in s.keys)
+
+
+def test_table7_and_fig7_run_with_the_fast_protocol(paper_env, tmp_path, capsys):
+    small = ["tasks.seg.options.protocol=fast", "tasks.seg.options.iterations=6", "tasks.seg.options.warmup=2",
+             "tasks.seg.options.batch_size=4", "tasks.seg.options.scale=[96,64]", "tasks.seg.options.crop=[64,64]",
+             "tasks.seg.options.stride=[48,48]"]
+    results, printed = run_cli("table7_ade.yaml", tmp_path / "t7", TINY_BLOCKS + small, capsys)
+    by_unit = {r["unit"]: r for r in results}
+    for enc in SEG_ENCODERS:
+        for ds, level, n_classes in (("ade20k_object", "object", 59), ("ade20k_part", "part", 209)):
+            r = by_unit[f"seg__{ds}__{enc}"]
+            assert r["dataset_level"] == level and r["dataset_hierarchy"] == "ade20k"
+            assert {"mIoU", "mAcc", "aAcc"} <= set(r["metrics"]) and r["details"]["protocol"] == "fast"
+            assert len(r["details"]["per_class"]) == n_classes
+    assert by_unit["seg__ade20k_object__cae"]["reference"] == {"mIoU": 47.4, "mAcc": 58.4, "aAcc": 82.9}
+    assert by_unit["seg__ade20k_part__dino"]["reference"] == {"mIoU": 28.9, "mAcc": 36.8, "aAcc": 70.3}
+    assert "mIoU (paper)" in printed and "object vs part: ade20k (ade20k_object / ade20k_part)" in printed
+    out = tmp_path / "t7"
+    (pair,) = json.loads((out / "levels.json").read_text())
+    assert pair["baseline"] == "deit" and len(pair["rows"]) == len(SEG_ENCODERS)
+    dino = next(r for r in pair["rows"] if r["encoder"] == "dino")
+    ours = {ds: by_unit[f"seg__{ds}__{e}"]["metrics"]["mIoU"] for ds in ("ade20k_object", "ade20k_part")
+            for e in ("dino",)}
+    base = {ds: by_unit[f"seg__{ds}__deit"]["metrics"]["mIoU"] for ds in ("ade20k_object", "ade20k_part")}
+    assert dino["object_vs_baseline"] == pytest.approx(ours["ade20k_object"] - base["ade20k_object"])
+    assert dino["part_vs_baseline"] == pytest.approx(ours["ade20k_part"] - base["ade20k_part"])
+    assert (out / "levels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table9_lr_columns_carry_the_paper_numbers(paper_env):
+    plan = build_plan(SPECS / "table9_lip_lr.yaml", Plugins(), TINY_BLOCKS)
+    task = plan.tasks["seg_lr"]
+    columns = {"mIoU"} | {f"mIoU@lr={lr:g}" for lr in task.lr_list()[1:]}  # the names the task reports
+    for enc in SEG_ENCODERS:
+        assert set(plan.reference["seg_lr"]["lip"][enc]) == columns
+    assert plan.reference["seg_lr"]["lip"]["cae"]["mIoU@lr=0.0005"] == 44.3
 
 
 # ------------------------------------------------------------------------------------------------

@@ -237,3 +237,18 @@ def test_paper_protocol_trains_through_mmengine_in_a_worker(data, tmp_path):
 
     cfg = Config.fromfile(str(tmp_path / "mmseg" / "config.py"))
     assert cfg.model.decode_head.num_convs == 0 and cfg.model.auxiliary_head.in_index == 2
+
+
+def test_paper_protocol_runs_mmengine_once_per_learning_rate(data, tmp_path):
+    train, val = data
+    ctx = FakeContext(enc(), StubDataset("s", {"train": train, "val": val}), out_dir=tmp_path)
+    ctx.encoder.plugin_name = "random_vit"
+    res = task(protocol="paper", iterations=3, warmup=1, batch_size=2, workers=0, isolation="inprocess",
+               lr=4e-4, lrs=[1e-3]).run(ctx)
+    assert set(res["details"]["per_lr"]) == {"0.0004", "0.001"}
+    assert "mIoU@lr=0.001" in res["metrics"] and res["details"]["lrs"] == [4e-4, 1e-3]
+    from mmengine.config import Config
+
+    for lr in ("0.0004", "0.001"):
+        cfg = Config.fromfile(str(tmp_path / "mmseg" / f"lr={lr}" / "config.py"))
+        assert cfg.optim_wrapper.optimizer.lr == float(lr)

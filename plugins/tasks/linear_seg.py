@@ -188,7 +188,8 @@ class LinearSeg(Task):
         "iterations": Option(int, 160000, "training iterations (official: 160k)", check=lambda v: None if v > 0 else "must be > 0"),
         "batch_size": Option(int, 16, "samples per iteration (official: 16)", check=lambda v: None if v > 0 else "must be > 0"),
         "lr": Option(float, 4e-4, "AdamW learning rate (official: 4e-4)", check=lambda v: None if v > 0 else "must be > 0"),
-        "lrs": Option(list, None, "further learning rates trained in lockstep (fast protocol; Table 9)",
+        "lrs": Option(list, None, "further learning rates (Table 9): fast trains their heads in lockstep on "
+                      "one feature read, paper runs mmengine once per rate",
                       nullable=True, check=_check_lrs),
         "weight_decay": Option(float, 0.05, "AdamW weight decay (official: 0.05)"),
         "bias_decay": Option(bool, True, "weight decay on the head's bias too (mmengine's AdamW default; the "
@@ -258,17 +259,24 @@ class LinearSeg(Task):
         if self.opts["protocol"] != "fast" or self.opts["mode"] == "stream":
             return []
         reps = tuple(self._reps(encoder))
+        windows: dict[str, int] = {}
 
-        def view(split, flip):
+        def view(split, flip, last):
             def make(samples):
                 scale, crop, stride = self.geometry(samples)
-                return window_view(samples, _Geometry(samples, scale, crop, stride), flip, split)
+                v = window_view(samples, _Geometry(samples, scale, crop, stride), flip, split)
+                windows[split] = len(v)
+                if last and self.opts["mode"] == "auto" and encoder.patch_size:
+                    # refuse before anything is extracted (views are resolved before the pass starts)
+                    p = int(encoder.patch_size)
+                    per_window = (int(encoder.prefix_tokens) + (crop[0] // p) * (crop[1] // p)) * 2
+                    self._choose_mode(None, encoder, reps, per_window, sum(windows.values()))
+                return v
             return make
 
-        out = []
-        for split, flip in ((self.opts["train_split"], self.opts["flip"]), (self.opts["test_split"], False)):
-            out.append(FeatureRequest(split, reps, self._pad, view(split, flip)))
-        return out
+        splits = ((self.opts["train_split"], self.opts["flip"]), (self.opts["test_split"], False))
+        return [FeatureRequest(split, reps, self._pad, view(split, flip, k == len(splits) - 1))
+                for k, (split, flip) in enumerate(splits)]
 
     def _pad(self, view: DerivedSamples) -> str:
         """Windows are encoded at the crop size; windows of images smaller than the crop are padded."""
@@ -498,40 +506,50 @@ class LinearSeg(Task):
         layout = dict(train_s.layout)
         layout["train"] = {"img_path": train_s.layout["img_path"], "seg_map_path": train_s.layout["seg_map_path"]}
         layout["val"] = {"img_path": test_s.layout["img_path"], "seg_map_path": test_s.layout["seg_map_path"]}
-        work = ctx.out_dir / "mmseg"
-        cfg = seg_mmseg.build_config(
-            encoder={"plugin": enc.plugin_name, "name": enc.name, "options": enc.opts,
-                     "plugins_dirs": os.environ.get("HARNESS_PLUGINS_DIRS", "").split(os.pathsep) if
-                     os.environ.get("HARNESS_PLUGINS_DIRS") else []},
-            blocks=o["blocks"], embed_dim=int(enc.embed_dim), num_classes=len(train_s.classes),
-            classes=train_s.classes, layout=layout, scale=scale, crop=crop, stride=stride,
-            train_scale=(train_s.defaults or {}).get("train_scale"), mean=enc.opts["mean"], std=enc.opts["std"],
-            lr=o["lr"], weight_decay=o["weight_decay"], iters=o["iterations"], warmup=o["warmup"],
-            warmup_ratio=o["warmup_ratio"], batch_size=o["batch_size"], world_size=ctx.world_size,
-            workers=o["workers"], auxiliary=o["auxiliary"], work_dir=str(work), device=ctx.device, seed=ctx.seed)
-        work.mkdir(parents=True, exist_ok=True)
-        cfg_path, res_path = work / "config.py", work / "result.json"
-        from mmengine.config import Config
+        lrs = self.lr_list()
+        runs, t0 = [], time.perf_counter()
+        for lr in lrs:  # the paper trains one model per learning rate (Table 9): one mmengine run each
+            work = ctx.out_dir / "mmseg" / (f"lr={lr:g}" if len(lrs) > 1 else "")
+            cfg = seg_mmseg.build_config(
+                encoder={"plugin": enc.plugin_name, "name": enc.name, "options": enc.opts,
+                         "plugins_dirs": os.environ.get("HARNESS_PLUGINS_DIRS", "").split(os.pathsep) if
+                         os.environ.get("HARNESS_PLUGINS_DIRS") else []},
+                blocks=o["blocks"], embed_dim=int(enc.embed_dim), num_classes=len(train_s.classes),
+                classes=train_s.classes, layout=layout, scale=scale, crop=crop, stride=stride,
+                train_scale=(train_s.defaults or {}).get("train_scale"), mean=enc.opts["mean"],
+                std=enc.opts["std"], lr=lr, weight_decay=o["weight_decay"], iters=o["iterations"],
+                warmup=o["warmup"], warmup_ratio=o["warmup_ratio"], batch_size=o["batch_size"],
+                world_size=ctx.world_size, workers=o["workers"], auxiliary=o["auxiliary"], work_dir=str(work),
+                device=ctx.device, seed=ctx.seed)
+            work.mkdir(parents=True, exist_ok=True)
+            cfg_path, res_path = work / "config.py", work / "result.json"
+            from mmengine.config import Config
 
-        Config(cfg).dump(str(cfg_path))  # a .py config keeps tuples (mmseg's transforms insist on them)
-        t0 = time.perf_counter()
-        if o["isolation"] == "inprocess":  # under torchrun mmengine uses this process group
-            res = seg_mmseg.run(cfg)
-        else:
-            self._worker(ctx, cfg_path, res_path)
-            ctx.barrier()
-            res = json.loads(res_path.read_text()) if ctx.is_main else {}
-        metrics = {k: round(v, 2) for k, v in res.get("metrics", {}).items()}
-        worker_forwards = res.get("forwards", {})
-        ctx.forwards += sum(worker_forwards.values())  # encoded in the worker (rank 0's share under torchrun)
-        details = {"protocol": "paper", "per_class": res.get("per_class", {}), "checkpoint": res.get("checkpoint"),
-                   "worker_forwards": worker_forwards,
-                   "iterations": o["iterations"], "batch_size": o["batch_size"], "lr": o["lr"],
+            Config(cfg).dump(str(cfg_path))  # a .py config keeps tuples (mmseg's transforms insist on them)
+            if o["isolation"] == "inprocess":  # under torchrun mmengine uses this process group
+                res = seg_mmseg.run(cfg)
+            else:
+                self._worker(ctx, cfg_path, res_path)
+                ctx.barrier()
+                res = json.loads(res_path.read_text()) if ctx.is_main else {}
+            worker_forwards = res.get("forwards", {})
+            ctx.forwards += sum(worker_forwards.values())  # encoded in the worker (rank 0's share under torchrun)
+            runs.append((lr, cfg_path, res))
+        main_lr, main_cfg, main_res = runs[0]
+        metrics = {k: round(v, 2) for k, v in main_res.get("metrics", {}).items()}
+        for lr, _, res in runs[1:]:
+            if "mIoU" in res.get("metrics", {}):
+                metrics[f"mIoU@lr={lr:g}"] = round(res["metrics"]["mIoU"], 2)
+        details = {"protocol": "paper", "per_class": main_res.get("per_class", {}),
+                   "checkpoint": main_res.get("checkpoint"), "worker_forwards": main_res.get("forwards", {}),
+                   "per_lr": {f"{lr:g}": {k: round(v, 2) for k, v in res.get("metrics", {}).items()}
+                              for lr, _, res in runs},
+                   "iterations": o["iterations"], "batch_size": o["batch_size"], "lr": main_lr, "lrs": lrs,
                    "geometry": {"scale": scale, "crop": crop, "stride": stride}, "world_size": ctx.world_size,
-                   "config": str(cfg_path), "seconds": round(time.perf_counter() - t0, 3),
+                   "config": str(main_cfg), "seconds": round(time.perf_counter() - t0, 3),
                    "note": "mmseg's IoUMetric rounds to 2 decimals"}
-        return {"metrics": metrics, "details": details, "artifacts": [str(cfg_path)] +
-                ([res["checkpoint"]] if res.get("checkpoint") else [])}
+        artifacts = [str(c) for _, c, _ in runs] + [r["checkpoint"] for _, _, r in runs if r.get("checkpoint")]
+        return {"metrics": metrics, "details": details, "artifacts": artifacts}
 
     @property
     def distributed(self) -> bool:  # type: ignore[override]

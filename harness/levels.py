@@ -1,0 +1,112 @@
+"""Object- vs part-level comparison (the paper's Fig. 7), drawn for any run that has an object/part pair.
+
+A pair is two datasets of one ``hierarchy`` (e.g. ADE20K-Object and ADE20K-Part) at different ``level``s,
+evaluated by the same task plugin. Each encoder's headline metric on both is shown relative to the run's
+supervised encoder (``Encoder.pretraining == "supervised"``): the paper's finding is that self-supervised
+encoders lose to it on objects and close the gap, or win, on parts.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+BASELINE_PRETRAINING = "supervised"
+
+
+def _ok(results: list[dict]) -> list[dict]:
+    return [r for r in results if r.get("status") == "ok" and r.get("metrics") and r.get("dataset_hierarchy")
+            and r.get("dataset_level") in ("object", "part")]
+
+
+def _metric(r: dict) -> str | None:
+    names = r.get("headline") or list(r["metrics"])
+    return next((m for m in names if isinstance(r["metrics"].get(m), (int, float))), None)
+
+
+def level_pairs(results: list[dict]) -> list[dict]:
+    """Every object/part pair of the results, with each encoder's values and its difference to the
+    supervised baseline. A (task plugin, hierarchy) group pairs its object and part (task, dataset) cells
+    when there is one of each, or else the cells that share a task name."""
+    groups: "OrderedDict[tuple, list[dict]]" = OrderedDict()
+    for r in _ok(results):
+        groups.setdefault((r.get("task_plugin") or r["task"], r["dataset_hierarchy"]), []).append(r)
+    pairs = []
+    for (plugin, hierarchy), rs in groups.items():
+        cells = {lvl: list(OrderedDict.fromkeys((r["task"], r["dataset"]) for r in rs if r["dataset_level"] == lvl))
+                 for lvl in ("object", "part")}
+        if len(cells["object"]) == 1 and len(cells["part"]) == 1:
+            matched = [(cells["object"][0], cells["part"][0])]
+        else:
+            matched = [(o, p) for o in cells["object"] for p in cells["part"] if o[0] == p[0]]
+        for obj, part in matched:
+            by = {lvl: {r["encoder"]: r for r in rs if (r["task"], r["dataset"]) == cell}
+                  for lvl, cell in (("object", obj), ("part", part))}
+            encoders = [e for e in by["object"] if e in by["part"]]
+            metric = _metric(by["object"][encoders[0]]) if encoders else None
+            if metric is None:
+                continue
+            base = next((e for e in encoders if by["object"][e].get("encoder_pretraining") == BASELINE_PRETRAINING),
+                        None)
+            rows = []
+            for e in encoders:
+                o, p = (float(by[lvl][e]["metrics"].get(metric, math.nan)) for lvl in ("object", "part"))
+                row = {"encoder": e, "pretraining": by["object"][e].get("encoder_pretraining"),
+                       "object": o, "part": p}
+                if base is not None:
+                    row["object_vs_baseline"] = o - float(by["object"][base]["metrics"].get(metric, math.nan))
+                    row["part_vs_baseline"] = p - float(by["part"][base]["metrics"].get(metric, math.nan))
+                rows.append(row)
+            pairs.append({"task_plugin": plugin, "hierarchy": hierarchy, "metric": metric,
+                          "object": {"task": obj[0], "dataset": obj[1]}, "part": {"task": part[0], "dataset": part[1]},
+                          "baseline": base, "rows": rows})
+    return pairs
+
+
+def level_markdown(pairs: list[dict], fmt: str = "github") -> str:
+    from tabulate import tabulate
+
+    parts = []
+    for p in pairs:
+        base = p["baseline"]
+        title = (("## " if fmt == "github" else "") + f"object vs part: {p['hierarchy']} "
+                 f"({p['object']['dataset']} / {p['part']['dataset']}), {p['task_plugin']} {p['metric']}")
+        header = ["encoder", "pretraining", "object", "part"]
+        if base:
+            header += [f"object − {base}", f"part − {base}"]
+        rows = [[r["encoder"], r["pretraining"] or "", r["object"], r["part"],
+                 *([r["object_vs_baseline"], r["part_vs_baseline"]] if base else [])] for r in p["rows"]]
+        note = "" if base else "\n(no encoder of this run declares supervised pretraining: no baseline)\n"
+        parts += [title, "", tabulate(rows, headers=header, tablefmt=fmt, floatfmt=".2f"), note]
+    return "\n".join(parts)
+
+
+def level_figure(pairs: list[dict], path: Path) -> Path | None:
+    """One panel per pair: for every encoder but the baseline, its object- and part-level difference to
+    the supervised baseline (the paper's Fig. 7). Pairs without a baseline are not drawn."""
+    drawn = [p for p in pairs if p["baseline"] and len(p["rows"]) > 1]
+    if not drawn:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(drawn), figsize=(max(4.5, 1.1 * max(len(p["rows"]) for p in drawn) + 2)
+                                                       * len(drawn), 3.8), squeeze=False)
+    for ax, p in zip(axes[0], drawn):
+        rows = [r for r in p["rows"] if r["encoder"] != p["baseline"]]
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [r["object_vs_baseline"] for r in rows], 0.4, color="#4c72b0",
+               label=f"object ({p['object']['dataset']})")
+        ax.bar([x + 0.2 for x in xs], [r["part_vs_baseline"] for r in rows], 0.4, color="#dd8452",
+               label=f"part ({p['part']['dataset']})")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(list(xs), [r["encoder"] for r in rows], rotation=30, ha="right")
+        ax.set_ylabel(f"{p['metric']} − {p['baseline']} (points)")
+        ax.set_title(f"{p['hierarchy']}: {p['task_plugin']}, relative to {p['baseline']} (supervised)", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

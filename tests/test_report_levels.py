@@ -1,0 +1,75 @@
+"""The object-vs-part comparison (Fig. 7): pairing rules, differences to the supervised encoder, outputs."""
+import json
+
+import pytest
+
+from harness import report
+from harness.levels import level_pairs
+
+
+def res(task, dataset, encoder, value, level, hierarchy, pretraining, plugin="linear_seg", status="ok"):
+    return {"unit": f"{task}__{dataset}__{encoder}", "task": task, "task_plugin": plugin, "dataset": dataset,
+            "encoder": encoder, "status": status, "headline": ["mIoU", "mAcc"],
+            "metrics": {"mIoU": value, "mAcc": value + 10} if status == "ok" else {}, "dataset_level": level,
+            "dataset_hierarchy": hierarchy, "encoder_pretraining": pretraining, "error": None}
+
+
+# Table 7 of the paper (ADE20K-Object / ADE20K-Part mIoU): DeiT, DINO, CAE
+TABLE7 = [("deit", "supervised", 52.6, 27.3), ("dino", "contrastive", 50.8, 28.9),
+          ("cae", "masked image modelling", 47.4, 28.4)]
+
+
+def ade_results():
+    out = []
+    for enc, pre, obj, part in TABLE7:
+        out.append(res("seg", "ade_object", enc, obj, "object", "ade20k", pre))
+        out.append(res("seg", "ade_part", enc, part, "part", "ade20k", pre))
+    out.append(res("seg", "ade150", "deit", 34.9, "object", None, "supervised"))  # no hierarchy: not paired
+    out.append(res("seg", "lip", "deit", 41.4, "part", "lip", "supervised"))  # no object partner
+    return out
+
+
+def test_differences_to_the_supervised_encoder_match_the_paper_text():
+    (pair,) = level_pairs(ade_results())
+    assert pair["baseline"] == "deit" and pair["metric"] == "mIoU"
+    assert (pair["object"]["dataset"], pair["part"]["dataset"]) == ("ade_object", "ade_part")
+    rows = {r["encoder"]: r for r in pair["rows"]}
+    # paper, A.6: "DeiT (52.6%) outperforms DINO (50.8%) and CAE (47.4%) by 1.8% and 5.2% ... DINO (28.9%)
+    # outperforms DeiT (27.3%) by 1.6% and CAE (28.4%) outperforms DeiT by 1.1%"
+    assert rows["dino"]["object_vs_baseline"] == pytest.approx(-1.8)
+    assert rows["cae"]["object_vs_baseline"] == pytest.approx(-5.2)
+    assert rows["dino"]["part_vs_baseline"] == pytest.approx(1.6)
+    assert rows["cae"]["part_vs_baseline"] == pytest.approx(1.1)
+    assert rows["deit"]["object_vs_baseline"] == 0
+
+
+def test_failed_units_and_missing_baseline():
+    rs = ade_results()
+    rs[2] = res("seg", "ade_object", "dino", 0, "object", "ade20k", "contrastive", status="failed")
+    (pair,) = level_pairs(rs)
+    assert [r["encoder"] for r in pair["rows"]] == ["deit", "cae"]  # dino lacks its object result
+    no_sup = [dict(r, encoder_pretraining="contrastive") for r in ade_results()]
+    (pair,) = level_pairs(no_sup)
+    assert pair["baseline"] is None and "object_vs_baseline" not in pair["rows"][0]
+    assert "no baseline" in report.render(no_sup, "github")
+
+
+def test_several_tasks_pair_by_task_name():
+    rs = []
+    for task in ("retr_a", "retr_b"):
+        for enc, pre, obj, part in TABLE7:
+            rs.append(res(task, "objs", enc, obj, "object", "synth", pre, plugin="retrieval"))
+            rs.append(res(task, "parts", enc, part + (task == "retr_b"), "part", "synth", pre, plugin="retrieval"))
+    pairs = level_pairs(rs)
+    assert [(p["object"]["task"], p["part"]["task"]) for p in pairs] == [("retr_a", "retr_a"), ("retr_b", "retr_b")]
+    assert pairs[1]["rows"][0]["part"] == 28.3
+
+
+def test_report_writes_table_json_and_figure(tmp_path):
+    written = report.write_report(tmp_path, ade_results())
+    md = (tmp_path / "report.md").read_text()
+    assert "object vs part: ade20k (ade_object / ade_part)" in md and "part − deit" in md
+    assert json.loads((tmp_path / "levels.json").read_text())[0]["baseline"] == "deit"
+    png = written["levels_figure"]
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "object vs part" in report.render(ade_results())
