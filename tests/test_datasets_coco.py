@@ -131,3 +131,42 @@ def test_objects_unknown_category(tmp_path):
     root = write_coco(tmp_path / "c", instances=inst)
     with pytest.raises(HarnessError, match=r"instances_train2017\.json: annotation 1: category_id 42"):
         instantiate(CocoObjects, root=str(root)).load("all")
+
+
+def test_a_missing_split_file_is_found_at_validation(coco, tmp_path):
+    """coco_parts with split 'all' reads train2017: a missing train file is a spec error, not a failed unit."""
+    import textwrap
+
+    from harness import SpecError
+    from harness.plugins import Plugins
+    from harness.spec import build_plan
+
+    (coco / "annotations" / "person_keypoints_train2017.json").unlink()
+    instantiate(CocoParts, root=str(coco)).check_split("test")  # val2017 is there
+    with pytest.raises(HarnessError, match=r"person_keypoints_train2017\.json: file not found"):
+        instantiate(CocoParts, root=str(coco)).check_split("all")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        encoders: {{pixels: {{plugin: pixels}}}}
+        datasets: {{coco: {{plugin: coco_parts, options: {{root: {coco}}}}}}}
+        tasks: {{r: {{plugin: retrieval}}}}
+    """))
+    with pytest.raises(SpecError, match=r"datasets\.coco \(split 'all', read by tasks\.r\): .*"
+                                        r"person_keypoints_train2017\.json: file not found"):
+        build_plan(spec, Plugins())
+
+
+def test_a_chosen_annotation_file_and_image_folder(coco, tmp_path):
+    custom = tmp_path / "mine" / "my_keypoints.json"
+    custom.parent.mkdir()
+    custom.write_text((coco / "annotations" / "person_keypoints_val2017.json").read_text())
+    images = tmp_path / "pics"
+    (coco / "images" / "val2017").rename(images)
+    ds = instantiate(CocoParts, root=str(coco), annotation_file=str(custom), image_folder=str(images))
+    for split in ("all", "test"):  # the chosen file serves every split
+        s = ds.load(split)
+        assert len(s) == len(instantiate(CocoParts, root=str(write_coco(tmp_path / f"ref_{split}"))).load("test"))
+        assert s.files == [str(custom)] or str(custom) in map(str, s.files)
+    with pytest.raises(HarnessError, match=r"my_keypoints\.json"):
+        custom.unlink()
+        ds.check_split("all")

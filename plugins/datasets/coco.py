@@ -40,20 +40,26 @@ SET_OF_SPLIT = {"all": "train2017", "train": "train2017", "test": "val2017"}
 _check_ids = distinct_ids_check("keypoint ids (1-based, category 'keypoints' order)")
 
 
-def locate(root, annotations_dir, images_dir, kind: str, split: str) -> tuple[Path, Path]:
-    """(annotation json, image folder) of a split; ``kind`` is person_keypoints or instances."""
+def locate(root, annotations_dir, images_dir, kind: str, split: str, annotation_file=None,
+           image_folder=None) -> tuple[Path, Path]:
+    """(annotation json, image folder) of a split; ``kind`` is person_keypoints or instances.
+    ``annotation_file`` / ``image_folder`` replace the standard file / folder of every split."""
     root = expand(root)
     need_dir(root, "COCO root")
     cset = SET_OF_SPLIT[split]
     name = f"{kind}_{cset}.json"
-    if annotations_dir:
+    if annotation_file:
+        ann = need_file(expand(annotation_file))
+    elif annotations_dir:
         ann = need_file(expand(annotations_dir) / name)
     else:
         cands = [root / "annotations" / name, root / name]
         ann = next((c for c in cands if c.is_file()), None)
         if ann is None:
             raise HarnessError(f"{cands[0]}: file not found (nor {cands[1]})")
-    if images_dir:
+    if image_folder:
+        img = need_dir(expand(image_folder), "COCO images")
+    elif images_dir:
         img = need_dir(expand(images_dir) / cset, "COCO images")
     else:
         cands = [root / "images" / cset, root / cset]
@@ -229,7 +235,26 @@ _LAYOUT = {
                               "(default: root/annotations, else root)", path="dir", nullable=True),
     "images_dir": Option(str, None, "folder holding train2017/ and val2017/ (default: root/images, else root)",
                          path="dir", nullable=True),
+    "annotation_file": Option(str, None, "read this annotation file for every split instead of the standard "
+                              "one (a subset, a custom file; define one dataset entry per file)", path="file",
+                              nullable=True),
+    "image_folder": Option(str, None, "the folder holding the images of every split (with annotation_file; "
+                           "default: the split's standard folder)", path="dir", nullable=True),
 }
+
+
+class _CocoLayout(Dataset):
+    kind = ""  # person_keypoints or instances
+
+    def split_files(self, split: str) -> tuple[Path, Path]:
+        _check_split(self, split)
+        o = self.opts
+        return locate(o["root"], o.get("annotations_dir"), o.get("images_dir"), self.kind, split,
+                      o.get("annotation_file"), o.get("image_folder"))
+
+    def check_split(self, split: str) -> None:
+        """The split's annotation file and image folder exist (found at validation, not per unit)."""
+        self.split_files(split)
 
 
 def _check_split(ds, split):
@@ -237,9 +262,10 @@ def _check_split(ds, split):
         raise HarnessError(f"dataset '{ds.name}': unknown split '{split}' (expected one of {ds.splits})")
 
 
-class CocoParts(Dataset):
+class CocoParts(_CocoLayout):
     """COCO person-keypoint part crops (official part-retrieval / classification rule)."""
 
+    kind = "person_keypoints"
     splits = ("all", "train", "test")
     options = {
         **_LAYOUT,
@@ -253,18 +279,18 @@ class CocoParts(Dataset):
     }
 
     def load(self, split: str):
-        _check_split(self, split)
         o = self.opts
-        ann, img = locate(o["root"], o.get("annotations_dir"), o.get("images_dir"), "person_keypoints", split)
+        ann, img = self.split_files(split)
         items, classes, summary = read_coco_parts(ann, img, list(o["keypoints"]),
                                                   o.get("distance", "within_person"), o.get("min_visibility", 2))
         summary["split"] = split
         return crop_samples(items, classes, summary, files=[ann])
 
 
-class CocoObjects(Dataset):
+class CocoObjects(_CocoLayout):
     """COCO object crops: approximately-square boxes cropped square around the box centre."""
 
+    kind = "instances"
     splits = ("all", "train", "test")
     options = {
         **_LAYOUT,
@@ -278,9 +304,8 @@ class CocoObjects(Dataset):
     }
 
     def load(self, split: str):
-        _check_split(self, split)
         o = self.opts
-        ann, img = locate(o["root"], o.get("annotations_dir"), o.get("images_dir"), "instances", split)
+        ann, img = self.split_files(split)
         items, classes, summary = read_coco_objects(ann, img, o.get("min_size", 32.0), o.get("max_aspect", 1.25),
                                                     o.get("include_crowd", False))
         keep = subsample_per_class(np.array([lab for _, lab, _, _ in items], dtype=np.int64),
