@@ -252,3 +252,38 @@ def test_paper_protocol_runs_mmengine_once_per_learning_rate(data, tmp_path):
     for lr in ("0.0004", "0.001"):
         cfg = Config.fromfile(str(tmp_path / "mmseg" / f"lr={lr}" / "config.py"))
         assert cfg.optim_wrapper.optimizer.lr == float(lr)
+
+
+def test_iou_scores_equal_an_independent_numpy_computation():
+    from mmseg.evaluation import IoUMetric
+
+    rng = np.random.default_rng(0)
+    C = 5
+    areas = [torch.zeros(C, dtype=torch.float64) for _ in range(4)]
+    preds, labels = [], []
+    for _ in range(3):
+        label = rng.integers(0, C - 1, (17, 23))  # class 4 never in the labels ...
+        label[rng.random(label.shape) < 0.2] = 255  # ... and some pixels ignored
+        pred = rng.integers(0, C, label.shape)
+        pred[label == 2] = 2  # class 2 predicted perfectly
+        preds.append(pred)
+        labels.append(label)
+        for a, r in zip(areas, IoUMetric.intersect_and_union(torch.from_numpy(pred), torch.from_numpy(label), C, 255)):
+            a += r.double()
+    got = ls.scores_from_areas(areas, [f"c{k}" for k in range(C)])
+
+    p, lab = np.concatenate([x.ravel() for x in preds]), np.concatenate([x.ravel() for x in labels])
+    keep = lab != 255
+    p, lab = p[keep], lab[keep]
+    conf = np.zeros((C, C), np.int64)  # rows: label, columns: prediction
+    np.add.at(conf, (lab, p), 1)
+    tp = np.diag(conf).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / (conf.sum(0) + conf.sum(1) - tp)
+        acc = tp / conf.sum(1)
+    assert got["aAcc"] == pytest.approx(100 * tp.sum() / conf.sum(), abs=1e-4)
+    assert got["mIoU"] == pytest.approx(100 * np.nanmean(iou), abs=1e-4)
+    assert got["mAcc"] == pytest.approx(100 * np.nanmean(acc), abs=1e-4)
+    assert got["per_class"]["c2"]["IoU"] == pytest.approx(100 * iou[2], abs=1e-4) and iou[2] < 1  # false positives
+    assert got["per_class"]["c2"]["Acc"] == 100.0
+    assert got["per_class"]["c4"]["IoU"] == 0.0 and got["per_class"]["c4"]["Acc"] is None  # never labelled

@@ -480,16 +480,7 @@ class LinearSeg(Task):
                     res = IoUMetric.intersect_and_union(pred, label, C, 255)
                     for a, r in zip(areas[j], res):
                         a += r.double()
-        out = []
-        for a in areas:
-            ret = IoUMetric.total_area_to_metrics(*a, ["mIoU"])
-            names = list(samples.classes)
-            out.append({"aAcc": float(np.round(ret["aAcc"] * 100, 4)),
-                        "mIoU": float(np.round(np.nanmean(ret["IoU"]) * 100, 4)),
-                        "mAcc": float(np.round(np.nanmean(ret["Acc"]) * 100, 4)),
-                        "per_class": {n: {"IoU": _num(ret["IoU"][k] * 100), "Acc": _num(ret["Acc"][k] * 100)}
-                                      for k, n in enumerate(names)}})
-        return out
+        return [scores_from_areas(a, list(samples.classes)) for a in areas]
 
     # -- paper ----------------------------------------------------------------------------------------
     def _run_paper(self, ctx) -> dict:
@@ -578,6 +569,19 @@ class LinearSeg(Task):
             tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
             raise HarnessError(f"{self.name}: mmseg worker failed (exit {r.returncode}): {tail[0][:300]} "
                                f"(full log: {log})")
+
+
+def scores_from_areas(areas, classes: list[str]) -> dict:
+    """aAcc, mIoU, mAcc (in %, classes absent from labels and predictions skipped as NaN) and per-class
+    IoU/Acc from the summed (intersect, union, pred, label) areas, through mmseg's ``IoUMetric``."""
+    from mmseg.evaluation import IoUMetric
+
+    ret = IoUMetric.total_area_to_metrics(*areas, ["mIoU"])
+    return {"aAcc": float(np.round(ret["aAcc"] * 100, 4)),
+            "mIoU": float(np.round(np.nanmean(ret["IoU"]) * 100, 4)),
+            "mAcc": float(np.round(np.nanmean(ret["Acc"]) * 100, 4)),
+            "per_class": {n: {"IoU": _num(ret["IoU"][k] * 100), "Acc": _num(ret["Acc"][k] * 100)}
+                          for k, n in enumerate(classes)}}
 
 
 def _free_port() -> int:
