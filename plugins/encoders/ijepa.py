@@ -11,11 +11,11 @@ norm2, mlp.fc1, mlp.fc2}``, ``norm.*``; LayerNorm eps 1e-6, q/k/v bias, GELU; he
 models (ViT-H and ViT-g: 16, i.e. head width 80 and 88; ``num_heads`` overrides).
 
 There is no CLS token: ``prefix_tokens`` is 0, ``tokens`` and ``block.<i>`` hold the patch tokens only,
-``mean_patch`` is their mean after the final norm (the average-pooled representation I-JEPA's linear
-evaluation uses) and there is no ``cls`` (probes need ``representation: mean_patch``).
+``mean_patch`` is their mean after the final norm (the global pool of timm's I-JEPA models: average, no
+extra norm) and there is no ``cls`` (probes need ``representation: mean_patch``).
 Other input sizes: the authors' ``interpolate_pos_encoding`` assumes a CLS slot that this model does not
 have and fails for any grid but the trained one, so the table is resampled here bicubically to the target
-grid (``align_corners=False``, no antialias), as the harness does for the paper encoders' sin-cos tables.
+size (``align_corners=False``, no antialias; timm's I-JEPA models would antialias).
 """
 from __future__ import annotations
 
