@@ -29,6 +29,17 @@ def _first_line(exc: BaseException) -> str:
     return first.split(". ")[0].rstrip(".")[:200]
 
 
+def is_torchscript(path: str) -> bool:
+    """A TorchScript archive (``torch.jit.save``; e.g. OpenAI's CLIP release): a zip with a ``constants.pkl``
+    and compiled ``code/`` next to its data."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def read_checkpoint(path: str, *, weights_only: bool = True, expected: str = "a PyTorch checkpoint") -> Any:
     """``torch.load`` on CPU (memory-mapped for zip files) with one-line errors naming the file."""
     path = str(path)
@@ -38,6 +49,9 @@ def read_checkpoint(path: str, *, weights_only: bool = True, expected: str = "a 
     except OSError as exc:
         raise HarnessError(f"{path}: cannot open checkpoint ({exc.strerror})") from exc
     mmap = zipfile.is_zipfile(path)  # legacy (pre-1.6) pickles cannot be memory-mapped
+    if mmap and is_torchscript(path):
+        raise HarnessError(f"{path}: a TorchScript archive (e.g. OpenAI's CLIP release, read by the clip encoder), "
+                           f"not a checkpoint of this kind; expected {expected}")
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
@@ -70,8 +84,10 @@ def guess_layout(obj: Any) -> str:
         return list(d.keys()) if isinstance(d, dict) else []
 
     top = keys_of(obj)
-    guess = None
-    if "teacher" in obj and "student" in obj:
+    guess = _guess_beyond_paper(obj)
+    if guess is not None:
+        pass  # one of the families beyond the paper's seven
+    elif "teacher" in obj and "student" in obj:
         t = keys_of(obj["teacher"])
         guess = ("an iBOT full checkpoint" if any(k.startswith("head.last_layer2") for k in t)
                  else "a DINO full checkpoint")
@@ -96,6 +112,21 @@ def guess_layout(obj: Any) -> str:
                  else "a raw ViT state dict")
     shown = ", ".join(repr(k) for k in top[:MAX_LISTED_KEYS]) + (", ..." if len(top) > MAX_LISTED_KEYS else "")
     return (f"{guess}; " if guess else "") + f"top-level keys {shown or '(none)'}"
+
+
+def _guess_beyond_paper(obj: dict) -> str | None:
+    """The released files of the families beyond the paper's seven (DINOv2, I-JEPA, CLIP, SigLIP)."""
+    if all(k in obj for k in ("encoder", "predictor", "target_encoder")):
+        return "an I-JEPA checkpoint"
+    sd = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else obj
+    keys = [str(k) for k in sd]
+    if "mask_token" in sd and any(".ls1.gamma" in k for k in keys):
+        return ("a DINOv2 backbone with registers" if "register_tokens" in sd else "a DINOv2 backbone")
+    if any(k.endswith("visual.class_embedding") for k in keys):
+        return "a CLIP checkpoint (OpenAI/OpenCLIP layout)"
+    if any(k.endswith("attn_pool.latent") for k in keys):
+        return "a SigLIP checkpoint (open_clip or timm layout)"
+    return None
 
 
 def list_keys(keys: Sequence[str], limit: int = MAX_LISTED_KEYS) -> str:

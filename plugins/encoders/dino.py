@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from harness import hookimpl
 
+from .checkpoint_reading import is_state_dict
 from .dino_family import DINOLike
 
 
@@ -27,6 +28,11 @@ class DINO(DINOLike):
     backbone_only_name = "dino_vitbase16_pretrain.pth"
     expected = ("a DINO file: dino_vitbase16_pretrain_full_checkpoint.pth (a dict with 'teacher'/'student' "
                 "holding backbone.*/head.*) or the backbone-only dino_vitbase16_pretrain.pth (a raw ViT state dict)")
+
+    def split(self, obj):
+        if is_state_dict(obj) and "mask_token" in obj:  # a raw ViT state dict, but DINOv2's (use dinov2)
+            raise self.wrong_layout(obj, "it has DINOv2 keys 'mask_token' and layer scale 'ls1.gamma'")
+        return super().split(obj)
 
     def check_full(self, obj: dict) -> None:
         if isinstance(obj.get("teacher"), dict) and any(k.startswith("head.last_layer2") for k in obj["teacher"]):

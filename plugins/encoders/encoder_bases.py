@@ -8,6 +8,7 @@ architecture read off the tensors, loaded strictly; the method plugins subclass 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -149,7 +150,8 @@ class CheckpointEncoder(TokenEncoder):
         extra = f" ({why})" if why else ""
         article = "an" if self.method[:1].lower() in "aeiou" or self.method.startswith(("MAE", "iBOT")) else "a"
         found = guess_layout(obj)
-        if self.method in found:  # this method's layout, but entries are missing: truncated or edited
+        if re.search(rf"(?<!\w){re.escape(self.method)}(?!\w)", found):  # this method's layout, but entries
+            # are missing: truncated or edited (a whole-word match: "DINO" is not found in "DINOv2")
             return HarnessError(f"{self.path}: incomplete {self.method} checkpoint{extra}: expected {self.expected}")
         return HarnessError(f"{self.path}: not {article} {self.method} checkpoint{extra}: expected {self.expected}; "
                             f"found {found}")

@@ -3,10 +3,10 @@
 Options: ``model`` (a timm name, e.g. ``vit_base_patch16_224``), ``checkpoint`` (local file),
 ``checkpoint_key`` (entry holding the state dict; default: the first of 'state_dict', 'model', 'module'
 that is a state dict, else the file itself), ``strip_prefixes`` (removed from key starts, in order),
-``timm_filter`` (apply the architecture's own timm ``checkpoint_filter_fn``: layout conversion and
-position-embedding resampling; note timm routes any dict with ``mask_token`` to its DINOv2 converter, so
+``timm_filter`` (apply the architecture's own timm ``checkpoint_filter_fn`` with ``filter_kwargs``: layout
+conversion and position-embedding resampling; note timm routes any dict with ``mask_token`` to its DINOv2 converter, so
 BEiT/CAE-style files should use the dedicated plugins), ``model_kwargs`` (passed to ``timm.create_model``,
-e.g. ``{num_classes: 0}`` for a backbone-only file, ``{img_size: 320}``).
+e.g. ``{num_classes: 0}`` for a backbone-only file, ``{img_size: 320}``), ``pretraining`` (recorded).
 Representations: cls / mean_patch / tokens (after the model's final norm, register tokens dropped, CLS
 first) and ``block.i`` (raw block outputs), all from timm's own ``forward_intermediates``. The model must
 have a CLS token. Inputs must match the model's ``img_size`` unless the architecture supports
@@ -38,6 +38,11 @@ class TimmModel(TokenEncoder):
                                  nullable=True),
         "strip_prefixes": Option(list, [], "key prefixes to remove, e.g. ['module.', 'backbone.']"),
         "timm_filter": Option(bool, True, "apply timm's checkpoint_filter_fn for the architecture"),
+        "filter_kwargs": Option(dict, {}, "keyword arguments for that filter, e.g. {adapt_layer_scale: true} for "
+                                          "DeiT III files (gamma_1/gamma_2 -> ls1/ls2.gamma, as timm's deit3 models)"),
+        "pretraining": Option(str, None, "how the weights were pretrained, recorded in results (e.g. supervised)",
+                              nullable=True, choices=["supervised", "contrastive", "masked image modelling",
+                                                      "contrastive + masked image modelling", "language-image"]),
         "model_kwargs": Option(dict, {}, "extra timm.create_model arguments"),
         "strict": Option(bool, True, "error on any missing/unexpected key; false reports them instead"),
         "weights_only": Option(bool, True, "torch.load(weights_only=True); false only for trusted files"),
@@ -45,6 +50,7 @@ class TimmModel(TokenEncoder):
 
     def __init__(self, name: str, **opts: Any):
         super().__init__(name, **opts)
+        self.pretraining = self.opts.get("pretraining")
         self.model = None
         self._mapped: tuple[dict, str, list[str]] | None = None
         self._sha: str | None = None
@@ -123,7 +129,7 @@ class TimmModel(TokenEncoder):
                 fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
                 if fn is not None:
                     try:
-                        sd = fn(dict(sd), model)
+                        sd = fn(dict(sd), model, **(self.opts.get("filter_kwargs") or {}))
                     except Exception as exc:  # noqa: BLE001 - timm filters assert on foreign layouts
                         raise HarnessError(f"{self.path}: timm's checkpoint filter for '{self.opts['model']}' "
                                            f"failed ({type(exc).__name__}: {exc}); set timm_filter: false or "
