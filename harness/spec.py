@@ -85,7 +85,10 @@ def _read_yaml(path: Path, stack: tuple = ()) -> dict:
         raise SpecError(f"{path}: include: expected a path or a list of paths")
     merged: dict = {}
     for inc in includes:
-        merged = merge(merged, _read_yaml(path.parent / inc, stack + (path.resolve(),)))
+        target = path.parent / inc
+        if not target.is_file():
+            raise SpecError(f"{path}: include: {inc}: spec file not found (looked for {target})")
+        merged = merge(merged, _read_yaml(target, stack + (path.resolve(),)))
     return merge(merged, data)
 
 
@@ -109,10 +112,29 @@ def apply_override(data: dict, assignment: str, where: str) -> None:
     node[keys[-1]] = value
 
 
+ENTRY_SECTIONS = ("encoders", "datasets", "tasks")
+
+
+def _check_override_target(data: dict, assignment: str, where: str) -> None:
+    """An override must land on something the spec defines: ``tasks.no_such_task.options.x=3`` would
+    otherwise create an entry nobody runs and the typo would go unnoticed."""
+    keys = [k for k in assignment.split("=", 1)[0].strip().split(".") if k]
+    if len(keys) >= 2 and keys[0] in ENTRY_SECTIONS:
+        section = data.get(keys[0]) if isinstance(data.get(keys[0]), dict) else {}
+        if keys[1] not in section:
+            raise SpecError(f"{where}: override '{assignment}': {keys[0]}.{keys[1]} is not defined by the spec"
+                            + (did_you_mean(keys[1], list(section)) or
+                               f" (it defines: {', '.join(section) or 'none'})"))
+    elif keys and keys[0] not in TOP_KEYS:
+        raise SpecError(f"{where}: override '{assignment}': unknown top-level key '{keys[0]}'"
+                        + did_you_mean(keys[0], sorted(TOP_KEYS)))
+
+
 def load_raw(path: str | os.PathLike, overrides=()) -> dict:
     path = Path(path)
     data = _read_yaml(path)
     for o in overrides:
+        _check_override_target(data, o, f"{path} (-o)")
         apply_override(data, o, f"{path} (-o)")
     return data
 
@@ -211,6 +233,20 @@ class Plan:
                 "seed": self.seed}
 
 
+def _check_device_available(device: str, where: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SpecError(f"{where}: device: '{device}' requested but CUDA is not available on this machine "
+                        "(use auto or cpu)")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise SpecError(f"{where}: device: '{device}' requested but this machine has "
+                        f"{torch.cuda.device_count()} CUDA device(s)")
+
+
 def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
     path = Path(path)
     where = str(path)
@@ -282,6 +318,7 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
     device = raw.get("device", "auto")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise SpecError(f"{where}: device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    _check_device_available(str(device), where)
     for k in ("output_dir", "cache_dir"):
         if k in raw and not isinstance(raw[k], str):
             raise SpecError(f"{where}: {k}: expected a path string")

@@ -171,3 +171,46 @@ def test_plugin_validate_runs_at_validation_and_names_the_entry(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert code == 2 and not (tmp_path / "o").exists()
     assert err.endswith("spec.yaml: encoders.stats.options: weights.pth: not a Picky checkpoint")
+
+
+OVERRIDE_AND_DEVICE = [
+    ("override of an undefined task", ["-o", "tasks.no_such_task.options.epochs=3"],
+     GOOD, r"spec\.yaml \(-o\): override 'tasks\.no_such_task\.options\.epochs=3': tasks\.no_such_task is not "
+           r"defined by the spec \(it defines: centroid\)"),
+    ("override typo with a close name", ["-o", "tasks.centriod.options.representation=cls"],
+     GOOD, r"tasks\.centriod is not defined by the spec; did you mean 'centroid'\?"),
+    ("override of an unknown top-level key", ["-o", "sed=3"], GOOD,
+     r"override 'sed=3': unknown top-level key 'sed'; did you mean 'seed'\?"),
+    ("missing include", [], "include: base.yaml\n" + GOOD,
+     r"spec\.yaml: include: base\.yaml: spec file not found \(looked for .*base\.yaml\)"),
+]
+
+
+@pytest.mark.parametrize("label,extra,text,pattern", OVERRIDE_AND_DEVICE, ids=[b[0] for b in OVERRIDE_AND_DEVICE])
+def test_overrides_must_land_and_includes_must_exist(tmp_path, capsys, monkeypatch, label, extra, text, pattern):
+    import re
+
+    spec = _spec(tmp_path, text)
+    out = tmp_path / "out"
+    code, _, err = _cli(["run", str(spec), "--out", str(out), *extra], capsys, monkeypatch)
+    lines = [l for l in err.strip().splitlines() if not l.startswith("warning:")]
+    assert code == 2 and len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not out.exists()
+
+
+def test_overrides_of_defined_entries_still_apply(tmp_path):
+    raw = load_raw(_spec(tmp_path, GOOD), ["tasks.centroid.options.representation=mean_patch", "seed=5"])
+    assert raw["tasks"]["centroid"]["options"]["representation"] == "mean_patch" and raw["seed"] == 5
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7"])
+def test_an_unavailable_cuda_device_is_a_spec_error(tmp_path, capsys, monkeypatch, device):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: device == "cuda:7")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1 if device == "cuda:7" else 0)
+    spec = _spec(tmp_path, GOOD + f"device: '{device}'\n")
+    code, _, err = _cli(["validate", str(spec)], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "spec.yaml: device: '" + device + "' requested but" in err
