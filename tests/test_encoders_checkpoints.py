@@ -580,3 +580,42 @@ def test_all_registered():
     plugins = Plugins(allow=list(CLASSES) + ["baselines"])
     for name, cls in CLASSES.items():
         assert plugins.get("encoder", name).cls is cls
+
+
+class _TouchOnUnpickle:
+    """Unpickling this runs code (creates a file): what weights_only=False files can do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("method", ["mae", "dino"])
+def test_validation_never_unpickles_a_weights_only_false_file(tmp_path, method):
+    import warnings
+
+    marker = tmp_path / "code_ran"
+    obj = make(method, W(5))
+    obj["extra"] = _TouchOnUnpickle(str(marker))
+    path = tmp_path / "needs_pickle.pth"
+    torch.save(obj, path)
+    enc = encoder(method, path, weights_only=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        enc.validate()
+        assert enc.supports("cls") and enc.supports("block.1")
+    assert not marker.exists()  # validation ran nothing from the file ...
+    (w,) = [str(c.message) for c in caught]  # ... and said so, once
+    assert "not opened during validation" in w and "will unpickle it" in w and str(path) in w
+    enc.load("cpu")  # the run unpickles (the user opted in)
+    assert marker.exists() and enc.load_report["missing"] == []
+    # a file the safe loader reads is read safely even with weights_only: false
+    safe = tmp_path / "plain.pth"
+    torch.save(make(method, W(5)), safe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder(method, safe, weights_only=False).validate()

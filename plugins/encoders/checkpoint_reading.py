@@ -22,6 +22,14 @@ _SAFE_GLOBALS = [argparse.Namespace]
 MAX_LISTED_KEYS = 8
 
 
+def _load_unsafe(path: str, mmap: bool, expected: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001
+        raise HarnessError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                           f"{_first_line(exc)}); expected {expected}") from exc
+
+
 def _first_line(exc: BaseException) -> str:
     """The first sentence of an exception message (torch's zip errors run on for lines)."""
     text = str(exc).strip().splitlines()
@@ -40,8 +48,17 @@ def is_torchscript(path: str) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
-def read_checkpoint(path: str, *, weights_only: bool = True, expected: str = "a PyTorch checkpoint") -> Any:
-    """``torch.load`` on CPU (memory-mapped for zip files) with one-line errors naming the file."""
+class NeedsUnpickling(HarnessError):
+    """The file pickles Python objects: only ``torch.load(weights_only=False)`` reads it, and that runs code
+    stored in the file. Raised instead of unpickling when the caller did not allow it (validation)."""
+
+
+def read_checkpoint(path: str, *, weights_only: bool = True, expected: str = "a PyTorch checkpoint",
+                    unpickle: bool = True) -> Any:
+    """``torch.load`` on CPU (memory-mapped for zip files) with one-line errors naming the file.
+
+    The safe loader is always tried first, so ``weights_only=False`` only unpickles files that need it,
+    and only when ``unpickle`` is true (otherwise NeedsUnpickling)."""
     path = str(path)
     try:
         with open(path, "rb"):
@@ -54,14 +71,19 @@ def read_checkpoint(path: str, *, weights_only: bool = True, expected: str = "a 
                            f"not a checkpoint of this kind; expected {expected}")
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         glob = re.search(r"GLOBAL ([\w.]+)", text)
-        if weights_only and glob:  # a real pickle that references a class the safe loader refuses
-            raise HarnessError(f"{path}: refused by torch.load(weights_only=True): it pickles "
-                               f"{glob.group(1)}; if you trust this file, set the encoder option "
-                               f"'weights_only: false'") from exc
+        if glob:  # a real pickle that references a class the safe loader refuses
+            if weights_only:
+                raise HarnessError(f"{path}: refused by torch.load(weights_only=True): it pickles "
+                                   f"{glob.group(1)}; if you trust this file, set the encoder option "
+                                   f"'weights_only: false'") from exc
+            if not unpickle:
+                raise NeedsUnpickling(f"{path}: pickles {glob.group(1)}, so reading it executes code stored "
+                                      "in the file") from exc
+            return _load_unsafe(path, mmap, expected)
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
         msg = detail.group(1).strip().splitlines()[0] if detail else _first_line(exc)
         raise HarnessError(f"{path}: not a readable PyTorch checkpoint (UnpicklingError: {msg}; truncated or "

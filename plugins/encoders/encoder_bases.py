@@ -9,6 +9,7 @@ architecture read off the tensors, loaded strictly; the method plugins subclass 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ import torch.nn as nn
 
 from harness import Encoder, HarnessError, Option, file_sha256
 
-from .checkpoint_reading import guess_layout, load_strict, read_checkpoint
+from .checkpoint_reading import NeedsUnpickling, guess_layout, load_strict, read_checkpoint
 from .vit_architecture import Arch, Backbone, LayoutError, build_model, infer_arch
 
 
@@ -130,6 +131,8 @@ class CheckpointEncoder(TokenEncoder):
         self.arch: Arch | None = None
         self.load_report: dict = {}
         self._sha: str | None = None
+        self._unpickle = False  # only load() may unpickle a weights_only: false file (it runs the file's code)
+        self._deferred_warned = False
 
     # -- subclass API ---------------------------------------------------------------------------
     def split(self, obj: Any) -> Split:
@@ -165,7 +168,7 @@ class CheckpointEncoder(TokenEncoder):
         """Read and map the file once (memory-mapped where possible); validation errors surface here."""
         if self._peeked is None:
             obj = read_checkpoint(self.path, weights_only=self.opts.get("weights_only", True),
-                                  expected=self.expected)
+                                  expected=self.expected, unpickle=self._unpickle)
             sp = self.split(obj)
             try:
                 arch = infer_arch(sp.backbone, self.family, num_heads=self.opts.get("num_heads"),
@@ -177,11 +180,26 @@ class CheckpointEncoder(TokenEncoder):
             self.embed_dim, self.patch_size = arch.embed_dim, arch.patch_size
         return self._peeked
 
+    def peek_or_defer(self) -> bool:
+        """Read the file's layout, unless that needs unpickling (``weights_only: false`` on a file that
+        pickles Python objects) outside ``load()``: validation promises to run nothing from a file, so
+        the checks wait for the run, with one loud warning. True when the layout was read."""
+        try:
+            self._peek()
+            return True
+        except NeedsUnpickling as exc:
+            if not self._deferred_warned:
+                warnings.warn(f"encoder '{self.name}': {exc}; not opened during validation — 'harness run' "
+                              "will unpickle it (weights_only: false), so only run files you trust")
+                self._deferred_warned = True
+            return False
+
     def validate(self) -> None:
-        self._peek()  # a wrong, truncated or unreadable file fails at spec validation, naming the option
+        self.peek_or_defer()  # a wrong, truncated or unreadable file fails at spec validation, naming the option
 
     def supports(self, rep: str) -> bool:
-        self._peek()
+        if not self.peek_or_defer():
+            return super().supports(rep)
         if rep == "projected":
             return self.has_head and self._peeked[0].head is not None and self.wants_head()
         return super().supports(rep)
@@ -197,6 +215,7 @@ class CheckpointEncoder(TokenEncoder):
         if self.backbone is not None:
             self._place(device)
             return
+        self._unpickle = True
         sp, arch = self._peek()
         strict = self.opts.get("strict", True)
         with seeded(0):  # non-strict loads leave missing weights at a reproducible random init

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ import torch
 from harness import HarnessError, Option, file_sha256, hookimpl
 from harness.compat import import_timm
 
-from .checkpoint_reading import check_state_dict, guess_layout, is_state_dict, read_checkpoint
+from .checkpoint_reading import NeedsUnpickling, check_state_dict, guess_layout, is_state_dict, read_checkpoint
 from .encoder_bases import TokenEncoder, seeded
 
 
@@ -121,7 +122,8 @@ class TimmModel(TokenEncoder):
         if self._mapped is None:
             model = self._build()
             obj = read_checkpoint(self.path, weights_only=self.opts["weights_only"],
-                                  expected=f"a checkpoint for timm model '{self.opts['model']}'")
+                                  expected=f"a checkpoint for timm model '{self.opts['model']}'",
+                                  unpickle=getattr(self, "_unpickle", False))
             sd, source, other = self._state_dict(obj)
             for prefix in self.opts.get("strip_prefixes") or []:
                 sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
@@ -140,9 +142,14 @@ class TimmModel(TokenEncoder):
         return self._mapped
 
     def validate(self) -> None:
-        self._map()  # unreadable, wrong or mismatching files fail at spec validation
+        try:
+            self._map()  # unreadable, wrong or mismatching files fail at spec validation
+        except NeedsUnpickling as exc:  # validation runs nothing from a file: the run will check it
+            warnings.warn(f"encoder '{self.name}': {exc}; not opened during validation — 'harness run' will "
+                          "unpickle it (weights_only: false), so only run files you trust")
 
     def load(self, device: str = "cpu") -> None:
+        self._unpickle = True  # only the run may unpickle a weights_only: false file
         model = self._build()
         if not self.load_report:
             sd, source, other = self._map()

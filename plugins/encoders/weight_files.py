@@ -27,7 +27,8 @@ from .checkpoint_reading import is_torchscript, load_strict, read_checkpoint
 from .encoder_bases import CheckpointEncoder, Split, seeded
 
 
-def read_weights(path: str, *, weights_only: bool = True, expected: str = "a checkpoint") -> Any:
+def read_weights(path: str, *, weights_only: bool = True, expected: str = "a checkpoint",
+                 unpickle: bool = True) -> Any:
     """The object a released weight file holds: a dict (checkpoint or state dict) for torch and safetensors
     files, the state dict of a TorchScript archive. One-line errors naming the file."""
     path = str(path)
@@ -50,7 +51,7 @@ def read_weights(path: str, *, weights_only: bool = True, expected: str = "a che
             msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise HarnessError(f"{path}: not a readable TorchScript archive ({type(exc).__name__}: {msg}); "
                                f"expected {expected}") from exc
-    return read_checkpoint(path, weights_only=weights_only, expected=expected)
+    return read_checkpoint(path, weights_only=weights_only, expected=expected, unpickle=unpickle)
 
 
 @dataclass
@@ -130,7 +131,8 @@ class ReleasedWeightsEncoder(CheckpointEncoder):
     # -- CheckpointEncoder hooks -------------------------------------------------------------------
     def _peek(self):
         if self._peeked is None:
-            obj = read_weights(self.path, weights_only=self.opts.get("weights_only", True), expected=self.expected)
+            obj = read_weights(self.path, weights_only=self.opts.get("weights_only", True), expected=self.expected,
+                               unpickle=self._unpickle)
             sp = self.split(obj)
             try:
                 arch = self.infer(sp.backbone)
@@ -144,6 +146,7 @@ class ReleasedWeightsEncoder(CheckpointEncoder):
         if self.model is not None:
             self._place(device)
             return
+        self._unpickle = True
         sp, arch = self._peek()
         strict = self.opts.get("strict", True)
         with seeded(0):  # a non-strict load leaves missing weights at a reproducible random init
@@ -163,7 +166,8 @@ class ReleasedWeightsEncoder(CheckpointEncoder):
         self.model.to(device).eval().requires_grad_(False)
 
     def supports(self, rep: str) -> bool:
-        self._peek()
+        if not self.peek_or_defer():
+            return super(CheckpointEncoder, self).supports(rep)
         if rep == "cls" and self.prefix_tokens == 0:
             return False
         if rep == "projected":
