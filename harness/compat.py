@@ -36,6 +36,11 @@ def _ensure_torchvision() -> None:
     _patched = True
 
 
+def prepare_torchvision() -> None:
+    """Make ``import torchvision`` (and so ``import timm``) work from here on, for any code."""
+    _ensure_torchvision()
+
+
 def import_timm():
     """Import timm safely (offline, torchvision fixed) and return the module."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

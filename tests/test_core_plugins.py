@@ -88,17 +88,46 @@ def test_registering_a_non_encoder_class_is_rejected(tmp_path):
         Plugins(plugins_dirs=[d], allow=["wrongtype"])
 
 
-def test_check_pending_catches_misspelled_hook(tmp_path):
-    import pluggy
+TYPO = """
+    from harness import hookimpl
+    @hookimpl
+    def register_encoder(register):  # missing the final 's'
+        pass
+    """
 
-    d = _write(tmp_path, "typo", """
-        from harness import hookimpl
-        @hookimpl
-        def register_encoder(register):  # missing the final 's'
-            pass
-        """)
-    with pytest.raises(pluggy.PluginValidationError, match="register_encoder"):
+
+def test_a_misspelled_hook_is_one_line_with_did_you_mean(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    d = _write(tmp_path, "typo", TYPO)
+    with pytest.warns(PluginLoadWarning) as caught:
+        p = Plugins(plugins_dirs=[TOY_PLUGINS, d], allow=["toy", "typo"])
+    (msg,) = [str(w.message) for w in caught]
+    assert "typo.py" in msg and "hook implementation 'register_encoder' matches no harness hook; did you mean " \
+        "'register_encoders'?" in msg and "\n" not in msg
+    assert "toy_stats" in p.registry["encoder"]  # the other plugins keep working
+    monkeypatch.setenv("HARNESS_STRICT_PLUGINS", "1")
+    with pytest.raises(HarnessError, match=r"typo\.py' failed to load: HarnessError: hook implementation "
+                                           r"'register_encoder' matches no harness hook; did you mean"):
         Plugins(plugins_dirs=[d], allow=["typo"])
+    monkeypatch.setenv("HARNESS_LOAD_PLUGINS", "typo")
+    assert main(["ls", "encoders", "--plugins-dir", str(d)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did you mean 'register_encoders'?" in err
+
+
+def test_harness_plugins_lists_failed_plugins_with_their_error(tmp_path, monkeypatch, capsys):
+    import json
+
+    from harness.cli import main
+
+    d = _write(tmp_path, "broken", BROKEN)
+    monkeypatch.setenv("HARNESS_LOAD_PLUGINS", "toy,broken")
+    assert main(["plugins", "--plugins-dir", str(TOY_PLUGINS), "--plugins-dir", str(d)]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    bad = listed[f"file:{d / 'broken.py'}"]
+    assert bad["error"] == "ImportError: this plugin is broken on purpose" and bad["hooks"] == []
+    assert "error" not in listed[f"file:{TOY_PLUGINS / 'toy.py'}"]
 
 
 def test_did_you_mean_on_lookup(toy_plugins):

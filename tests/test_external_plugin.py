@@ -71,3 +71,48 @@ def test_docs_show_the_tested_plugin_verbatim():
     doc = (TESTS.parent / "docs" / "plugins.md").read_text()
     for f in ("pyproject.toml", "partbench_hello/__init__.py"):
         assert (TEMPLATE / f).read_text().strip() in doc, f"docs/plugins.md does not show {f} as tested"
+
+
+TIMM_PLUGIN = '''"""A third-party plugin that imports timm (hence torchvision) when it is imported."""
+import timm
+
+from harness import Encoder, hookimpl
+
+
+class TimmVersion(Encoder):
+    """Reports nothing useful: it only proves timm imported."""
+
+    representations = ("cls",)
+    description = f"built against timm {timm.__version__}"
+
+
+@hookimpl
+def register_encoders(register):
+    register("timm_importer", TimmVersion)
+'''
+
+
+@pytest.fixture
+def installed_timm_importer(tmp_path):
+    src = tmp_path / "partbench-timm-importer"
+    (src / "partbench_timm_importer").mkdir(parents=True)
+    (src / "partbench_timm_importer" / "__init__.py").write_text(TIMM_PLUGIN)
+    (src / "pyproject.toml").write_text((TEMPLATE / "pyproject.toml").read_text()
+                                        .replace("partbench-hello", "partbench-timm-importer")
+                                        .replace('hello = "partbench_hello"', 'timm_importer = "partbench_timm_importer"')
+                                        .replace('packages = ["partbench_hello"]', 'packages = ["partbench_timm_importer"]'))
+    r = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(src))
+    assert r.returncode == 0, r.stderr
+    try:
+        yield
+    finally:
+        _pip("uninstall", "-y", "partbench-timm-importer")
+
+
+def test_an_external_plugin_that_imports_timm_loads(installed_timm_importer):
+    """torchvision's compiled ops do not match this torch: the compat fix must reach third-party plugins."""
+    ls = _harness("ls", "encoders", env={"HARNESS_STRICT_PLUGINS": "1"})
+    assert ls.returncode == 0, ls.stderr
+    assert "failed to load" not in ls.stderr
+    line = next(l for l in ls.stdout.splitlines() if l.startswith("timm_importer"))
+    assert "partbench-timm-importer:timm_importer" in line and "built against timm" in line
