@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 import warnings
 
@@ -68,10 +69,54 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _default_text(opt) -> str:
+    from .api import REQUIRED
+
+    return "(required)" if opt.default is REQUIRED else json.dumps(opt.default)
+
+
+def cmd_ls_one(plugins, kind: str, name: str) -> int:
+    """`harness ls KIND NAME`: one plugin's description, origin and options (type, default, help)."""
+    from tabulate import tabulate
+
+    from .spec import _type_name
+
+    try:
+        reg = plugins.get(kind, name)
+    except KeyError as exc:
+        raise HarnessError(str(exc).strip("'\"")) from None
+    cls = reg.cls
+    print(f"{name} ({kind}, {reg.origin}{f', version {v}' if (v := plugins.version_of(reg.origin)) else ''})")
+    doc = (cls.__doc__ or "").strip()
+    if doc:
+        print(textwrap.indent(doc, "  "))
+    extra = {"encoder": ("representations", "pretraining"), "dataset": ("splits", "level", "hierarchy"),
+             "task": ("headline",)}[kind]
+    for attr in extra:
+        value = getattr(cls, attr, None)
+        if value:
+            print(f"  {attr}: {', '.join(value) if isinstance(value, (list, tuple)) else value}")
+    rows = []
+    for opt_name, opt in cls.option_schema().items():
+        kind_text = _type_name(opt.type).replace("an ", "").replace("a ", "")
+        if opt.path:
+            kind_text += f" ({opt.path} path)"
+        if opt.nullable:
+            kind_text += " or null"
+        help_text = opt.help + (f" [choices: {', '.join(map(str, opt.choices))}]" if opt.choices else "")
+        rows.append([opt_name, kind_text, _default_text(opt), help_text])
+    print()
+    print(tabulate(rows, headers=["option", "type", "default", "help"], tablefmt="simple",
+                   maxcolwidths=[None, None, 24, 70]) if rows else "  (no options)")
+    return 0
+
+
 def cmd_ls(args) -> int:
     from tabulate import tabulate
 
     plugins = _plugins(args)
+    if args.name:
+        return cmd_ls_one(plugins, KIND_OF[args.kind], args.name)
     table = plugins.registry[KIND_OF[args.kind]]
     rows = []
     for name, reg in sorted(table.items()):
@@ -114,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     spec_cmd("validate", "validate a spec without computing anything").set_defaults(func=cmd_validate)
     ls = sub.add_parser("ls", help="list registered encoders, datasets or tasks", parents=[common])
     ls.add_argument("kind", choices=sorted(KIND_OF))
+    ls.add_argument("name", nargs="?", help="show this plugin's options (type, default, help)")
     ls.set_defaults(func=cmd_ls)
     sub.add_parser("plugins", help="loaded plugins as JSON", parents=[common]).set_defaults(func=cmd_plugins)
     rep = sub.add_parser("report", help="re-render tables from an output directory's result JSON")

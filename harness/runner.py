@@ -256,7 +256,8 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
     result = {"unit": unit.id, "encoder": unit.encoder, "dataset": unit.dataset, "task": unit.task,
               "task_plugin": task.plugin_name, "headline": list(task.headline), "config": cfg,
               "encoder_pretraining": enc.pretraining, "dataset_level": ds.level, "dataset_hierarchy": ds.hierarchy,
-              "config_hash": config_hash(cfg), "status": "ok", "metrics": {}, "details": {}, "artifacts": [],
+              "config_hash": config_hash(cfg), "plugins": _plugin_versions(cfg),
+              "status": "ok", "metrics": {}, "details": {}, "artifacts": [],
               "error": None}
     t0 = time.perf_counter()
     try:
@@ -281,6 +282,19 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
     if scratch is not None:
         scratch.cleanup()
     return result if main else None
+
+
+def _plugin_versions(cfg: dict) -> dict:
+    """Which distribution (and version) provided each plugin of a unit: results say what code made them."""
+    from .plugins import Plugins
+
+    out = {}
+    for role in ("encoder", "dataset", "task"):
+        origin = cfg[role].get("origin") or ""
+        dist = origin.split(":", 1)[0] if ":" in origin and not origin.startswith("file:") else None
+        out[role] = {"plugin": cfg[role].get("plugin"), "origin": origin, "distribution": dist,
+                     "version": Plugins.version_of(origin)}
+    return out
 
 
 def _finalize(plan: Plan, results: list, out: Path, groups: set, log) -> None:

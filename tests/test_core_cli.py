@@ -79,3 +79,19 @@ def test_reference_names_are_validated(tmp_path, capsys, monkeypatch):
     spec.write_text(SPEC + "reference: {centroid: {colours: {stat: {acc: 12.5}}}}\n")
     code, _, err = _run(["validate", str(spec)], capsys, monkeypatch)
     assert code == 2 and "reference.centroid.colours.stat: 'stat' is not defined in encoders; did you mean 'stats'?" in err
+
+
+def test_ls_one_plugin_shows_its_options(capsys):
+    from harness.cli import main
+
+    assert main(["ls", "tasks", "linear_seg"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("linear_seg (task, partbench:linear_seg, version ")
+    row = next(l for l in out.splitlines() if l.startswith("iterations"))
+    assert row.split()[:3] == ["iterations", "integer", "160000"] and "training iterations" in row
+    assert "[choices: fast, paper]" in out and "headline: mIoU, mAcc, aAcc" in out
+    assert main(["ls", "encoders", "dino"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint" in out and "(required)" in out and "pretraining: contrastive" in out
+    assert main(["ls", "encoders", "dinoo"]) == 1
+    assert "unknown encoder 'dinoo'; did you mean 'dino'?" in capsys.readouterr().err

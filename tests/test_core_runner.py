@@ -132,3 +132,19 @@ def test_resume_after_hard_kill(tmp_path):
     clean = subprocess.run(cmd[:6] + [str(tmp_path / "clean")] + cmd[7:], env=env2, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
     assert json.loads((tmp_path / "clean/results/c__d2__stats.json").read_text())["metrics"] == second["metrics"]
+
+
+def test_results_record_each_plugins_distribution_and_version(tmp_path, toy_plugins):
+    import importlib.metadata
+
+    from harness.runner import _plugin_versions
+
+    spec = _spec(tmp_path, TWO_ENCODERS)
+    run_spec(spec, tmp_path / "out", plugins=toy_plugins)
+    good = json.loads((tmp_path / "out/results/centroid__colours__good.json").read_text())
+    enc = good["plugins"]["encoder"]
+    assert enc["plugin"] == "toy_stats" and enc["origin"].startswith("file:") and enc["version"] is None
+    assert set(good["plugins"]) == {"encoder", "dataset", "task"}
+    cfg = {role: {"plugin": "x", "origin": "partbench:x"} for role in ("encoder", "dataset", "task")}
+    assert _plugin_versions(cfg)["task"] == {"plugin": "x", "origin": "partbench:x", "distribution": "partbench",
+                                             "version": importlib.metadata.version("partbench")}
