@@ -94,7 +94,7 @@ def cmd_ls_one(plugins, kind: str, name: str) -> int:
              "task": ("headline",)}[kind]
     for attr in extra:
         value = getattr(cls, attr, None)
-        if value:
+        if value and not isinstance(value, property):  # per-instance values (e.g. splits by format) vary
             print(f"  {attr}: {', '.join(value) if isinstance(value, (list, tuple)) else value}")
     rows = []
     for opt_name, opt in cls.option_schema().items():

@@ -83,8 +83,9 @@ def level_markdown(pairs: list[dict], fmt: str = "github") -> str:
 
 def level_figure(pairs: list[dict], path: Path) -> Path | None:
     """One panel per pair: for every encoder but the baseline, its object- and part-level difference to
-    the supervised baseline (the paper's Fig. 7). Pairs without a baseline are not drawn."""
-    drawn = [p for p in pairs if p["baseline"] and len(p["rows"]) > 1]
+    the supervised baseline (the paper's Fig. 7). A run without a supervised encoder gets the absolute
+    object- and part-level values of every encoder instead, and the panel says so."""
+    drawn = [p for p in pairs if len(p["rows"]) > (1 if p["baseline"] else 0)]
     if not drawn:
         return None
     import matplotlib
@@ -92,19 +93,25 @@ def level_figure(pairs: list[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(drawn), figsize=(max(4.5, 1.1 * max(len(p["rows"]) for p in drawn) + 2)
-                                                       * len(drawn), 3.8), squeeze=False)
+    width = max(4.5, 1.1 * max(len(p["rows"]) for p in drawn) + 2)
+    fig, axes = plt.subplots(1, len(drawn), figsize=(width * len(drawn), 3.8), squeeze=False)
     for ax, p in zip(axes[0], drawn):
-        rows = [r for r in p["rows"] if r["encoder"] != p["baseline"]]
+        base = p["baseline"]
+        rows = [r for r in p["rows"] if r["encoder"] != base]
+        key = "_vs_baseline" if base else ""
         xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [r["object_vs_baseline"] for r in rows], 0.4, color="#4c72b0",
-               label=f"object ({p['object']['dataset']})")
-        ax.bar([x + 0.2 for x in xs], [r["part_vs_baseline"] for r in rows], 0.4, color="#dd8452",
-               label=f"part ({p['part']['dataset']})")
+        for offset, level, colour in ((-0.2, "object", "#4c72b0"), (0.2, "part", "#dd8452")):
+            ax.bar([x + offset for x in xs], [r[f"{level}{key}"] for r in rows], 0.4, color=colour,
+                   label=f"{level} ({p[level]['dataset']})")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(list(xs), [r["encoder"] for r in rows], rotation=30, ha="right")
-        ax.set_ylabel(f"{p['metric']} − {p['baseline']} (points)")
-        ax.set_title(f"{p['hierarchy']}: {p['task_plugin']}, relative to {p['baseline']} (supervised)", fontsize=9)
+        if base:
+            ax.set_ylabel(f"{p['metric']} − {base} (points)")
+            ax.set_title(f"{p['hierarchy']}: {p['task_plugin']}, relative to {base} (supervised)", fontsize=9)
+        else:
+            ax.set_ylabel(p["metric"])
+            ax.set_title(f"{p['hierarchy']}: {p['task_plugin']} (no supervised encoder in this run: "
+                         "absolute values)", fontsize=9)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

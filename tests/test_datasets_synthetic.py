@@ -157,3 +157,26 @@ def test_hue_jitter_rotates_part_colours_and_keeps_keypoints_on_parts(gen, tmp_p
     assert json.loads((j / synthetic.MARKER).read_text())["hue_jitter"] == 1.0
     assert _blue_wings(gen) == 1.0 and _blue_wings(j) < 0.7
     test_keypoints_lie_on_their_parts(j)
+
+
+def test_seg_formats_are_an_object_part_pair_in_the_mmseg_layout(tmp_path):
+    from harness.api import SegSamples
+    from harness.spec import validate_options
+    from partbench_plugins.datasets.synthetic import SyntheticParts
+
+    def make(fmt):
+        opts = {"format": fmt, "num_images": 10, "image_size": 72, "root": str(tmp_path / "gen")}
+        return SyntheticParts(fmt, **validate_options(SyntheticParts.option_schema(), opts, fmt))
+
+    parts, objects = make("seg_parts"), make("seg_objects")
+    assert (parts.level, objects.level) == ("part", "object") and parts.hierarchy == objects.hierarchy
+    assert parts.splits == objects.splits == ("train", "val")
+    p, o = parts.load("train"), objects.load("train")
+    assert isinstance(p, SegSamples) and p.classes == ["body", "head", "wing", "leg", "tail"]
+    assert len(o.classes) == 4 and p.keys == o.keys  # the same images, two kinds of masks
+    assert p.defaults["crop"] == [64, 64] and p.layout["reduce_zero_label"]
+    for i in range(len(p)):
+        pm, om = p.mask(i), o.mask(i)
+        assert pm.shape == om.shape == (72, 72)
+        # background (0 in the files) is ignored in both; every object pixel belongs to some part
+        assert ((pm == 255) == (om == 255)).mean() > 0.9 and set(np.unique(om)) - {255} <= set(range(4))

@@ -17,17 +17,22 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
 
     first = run_spec(DEMO, tmp_path / "out")
     assert all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
-    assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery"}
+    assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery", "seg"}
     assert first.forwards > 0
     retrieval = {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in first if r["task"] == "part_retrieval"}
     assert all(0 < ap <= 100 for ap in retrieval.values())
     assert (tmp_path / "out/artifacts/part_gallery__synthetic_cub/gallery.png").is_file()
+    seg = {(r["dataset"], r["encoder"]): r for r in first if r["task"] == "seg"}
+    assert len(seg) == 4 and all(0 < r["metrics"]["mIoU"] <= 100 for r in seg.values())
+    assert seg[("synthetic_seg_parts", "pixels")]["dataset_level"] == "part"
+    assert seg[("synthetic_seg_objects", "pixels")]["dataset_level"] == "object"
+    assert (tmp_path / "out/levels.png").is_file()  # the object-vs-part chart (Fig. 7)
     second = run_spec(DEMO, tmp_path / "out")
     assert second.forwards == 0 and second.skipped == len(first)
     assert [r["metrics"] for r in second] == [r["metrics"] for r in first]
     # recomputed from scratch (new output folder, empty feature cache): identical retrieval numbers
-    fresh = run_spec(DEMO, tmp_path / "fresh", overrides=["run=[{tasks: [part_retrieval]}]"],
-                     cache_dir=tmp_path / "fresh_cache")
+    only_retrieval = "run=[{datasets: [synthetic_cub, synthetic_coco], tasks: [part_retrieval]}]"
+    fresh = run_spec(DEMO, tmp_path / "fresh", overrides=[only_retrieval], cache_dir=tmp_path / "fresh_cache")
     assert fresh.forwards > 0
     assert {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in fresh} == retrieval
 

@@ -73,3 +73,10 @@ def test_report_writes_table_json_and_figure(tmp_path):
     png = written["levels_figure"]
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "object vs part" in report.render(ade_results())
+
+
+def test_a_run_without_a_supervised_encoder_still_gets_the_chart(tmp_path):
+    no_sup = [dict(r, encoder_pretraining=None) for r in ade_results()]
+    written = report.write_report(tmp_path, no_sup)
+    assert written["levels_figure"].is_file()
+    assert json.loads((tmp_path / "levels.json").read_text())[0]["baseline"] is None

@@ -128,12 +128,18 @@ class SegFolderDataset(Dataset):
 
     def load(self, split: str) -> SegSamples:
         img_dir, ann_dir = self._dirs(split)
-        stems, images, labels = pair_files(img_dir, ann_dir, self.img_suffix, self.seg_suffix)
-        root = expand(self.opts["root"])
-        summary = {"split": split, "images": len(stems), "classes": self.num_classes,
-                   "image_dir": str(img_dir), "label_dir": str(ann_dir)}
-        layout = {"data_root": str(root), "img_path": str(img_dir.relative_to(root)),
-                  "seg_map_path": str(ann_dir.relative_to(root)), "img_suffix": self.img_suffix,
-                  "seg_map_suffix": self.seg_suffix, "reduce_zero_label": True}
-        return SegSamples(stems, self.class_names(), summary, images, labels, reduce_zero_label=True,
-                          defaults=dict(self.defaults), layout=layout)
+        return folder_samples(expand(self.opts["root"]), img_dir, ann_dir, self.class_names(), self.defaults,
+                              split, self.img_suffix, self.seg_suffix)
+
+
+def folder_samples(root: Path, img_dir: Path, ann_dir: Path, classes: Sequence[str], defaults: dict, split: str,
+                   img_suffix: str = ".jpg", seg_suffix: str = ".png") -> SegSamples:
+    """SegSamples of one split folder pair (reduce_zero_label), with the layout mmseg reads them by."""
+    stems, images, labels = pair_files(img_dir, ann_dir, img_suffix, seg_suffix)
+    summary = {"split": split, "images": len(stems), "classes": len(classes),
+               "image_dir": str(img_dir), "label_dir": str(ann_dir)}
+    layout = {"data_root": str(root), "img_path": str(img_dir.relative_to(root)),
+              "seg_map_path": str(ann_dir.relative_to(root)), "img_suffix": img_suffix,
+              "seg_map_suffix": seg_suffix, "reduce_zero_label": True}
+    return SegSamples(stems, list(classes), summary, images, labels, reduce_zero_label=True,
+                      defaults=dict(defaults), layout=layout)

@@ -44,6 +44,7 @@ from . import coco as coco_mod
 from . import cub as cub_mod
 from ._common import expand, positive
 from .part_crops import crop_samples
+from .seg_folders import folder_samples
 
 VERSION = 1
 MARKER = "synthetic.json"
@@ -341,6 +342,9 @@ def default_root(num_images: int, image_size: int, seed: int, hue_jitter: float 
     return base / f"n{num_images}-s{image_size}-seed{seed}{hue}-v{VERSION}"
 
 
+SEG_FORMATS = {"seg_parts": "parts", "seg_objects": "objects"}
+
+
 class SyntheticParts(Dataset):
     """Procedural part dataset written in CUB / COCO formats and read back by the real loaders."""
 
@@ -357,13 +361,27 @@ class SyntheticParts(Dataset):
                              "(0: parts keep their colours; 1: colour carries no part information, only "
                              "shape and texture do)", check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
         "format": Option(str, "cub", "which published format to read back (cub, coco = person keypoints, "
-                         "coco_objects = instances boxes)", choices=["cub", "coco", "coco_objects"]),
+                         "coco_objects = instances boxes, seg_parts / seg_objects = mmseg img_dir/ann_dir "
+                         "part or object masks, splits train/val)",
+                         choices=["cub", "coco", "coco_objects", *SEG_FORMATS]),
         "keypoints": Option(list, None, "keypoint ids in the chosen format (default: the official lists, "
                             "CUB 11,12,9,14 / COCO 1,11,16)", nullable=True,
                             check=lambda v: None if v is None else cub_mod._check_ids(v)),
         "distance": Option(str, "within_person", "COCO distance rule (see coco_parts)",
                            choices=["within_person", "official_annid"]),
     }
+
+    # the part crops and part masks are part-level, the object boxes and object masks object-level: the
+    # report pairs them (Fig. 7) within this hierarchy
+    hierarchy = "synthetic_parts"
+
+    @property
+    def level(self) -> str:  # type: ignore[override]
+        return "object" if self.opts.get("format") in ("coco_objects", "seg_objects") else "part"
+
+    @property
+    def splits(self):  # type: ignore[override]
+        return ("train", "val") if self.opts.get("format") in SEG_FORMATS else ("all", "train", "test")
 
     def _root(self) -> Path:
         o = self.opts
@@ -381,6 +399,8 @@ class SyntheticParts(Dataset):
             raise HarnessError(f"dataset '{self.name}': unknown split '{split}' (expected one of {self.splits})")
         self.prepare()
         root, fmt, kps = self._root(), self.opts.get("format", "cub"), self.opts.get("keypoints")
+        if fmt in SEG_FORMATS:
+            return self._seg(root, SEG_FORMATS[fmt], split)
         if fmt == "cub":
             err = cub_mod._check_ids(kps) if kps is not None else None
             if err:
@@ -399,6 +419,18 @@ class SyntheticParts(Dataset):
             items, classes, summary = coco_mod.read_coco_objects(ann, img, 32.0, 1.25)
         summary.update(split=split, format=fmt, root=str(root))
         return crop_samples(items, classes, summary, files=[root / MARKER])
+
+
+    def _seg(self, root: Path, kind: str, split: str):
+        """The part or object masks as an mmseg folder dataset; one window covers the whole image."""
+        seg = root / "seg" / kind
+        classes = [c.strip() for c in (seg / "classes.txt").read_text().splitlines() if c.strip()][1:]
+        side = self.opts.get("image_size", 192)
+        crop = max(16, side // 16 * 16)  # a multiple of the usual patch sizes
+        defaults = {"scale": [side, side], "crop": [crop, crop], "stride": [crop, crop]}
+        samples = folder_samples(root, seg / "img_dir" / split, seg / "ann_dir" / split, classes, defaults, split)
+        samples.summary.update(format=f"seg_{kind}", root=str(root))
+        return samples
 
 
 @hookimpl
