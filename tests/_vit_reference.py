@@ -21,20 +21,51 @@ def gelu(x):
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def interp_pos(pos, gh, gw, antialias=False):
+def _cubic_matrix(n_in: int, n_out: int, scale: float) -> torch.Tensor:
+    """[n_out, n_in] weights of 1-D bicubic resampling (Keys a=-0.75, align_corners=False, edges
+    replicated): output i samples the input at (i + 0.5) / scale - 0.5, scale = output per input."""
+    a = -0.75
+
+    def k(t):
+        t = abs(t)
+        if t <= 1:
+            return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+        if t < 2:
+            return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+        return 0.0
+
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        src = (i + 0.5) / scale - 0.5
+        x0 = math.floor(src)
+        for j in range(x0 - 1, x0 + 3):
+            m[i, min(max(j, 0), n_in - 1)] += k(src - j)
+    return m
+
+
+def interp_pos(pos, gh, gw, antialias=False, rule="size"):
     """pos [1, 1+g*g, D] -> [1, 1+gh*gw, D], bicubic (align_corners=False), CLS slot unchanged.
 
+    rule "size": resample to (gh, gw), i.e. scale gh/g (DeiT, MoCo v3, MAE, CAE, BEiT and the segmentation
+    code); rule "dino": DINO's and iBOT's ``interpolate_pos_encoding``, ``scale_factor=((gh + 0.1) / g,
+    (gw + 0.1) / g)`` - the output is still gh x gw, but every sample position uses the +0.1 scale.
+    Computed here with explicit bicubic weight matrices, independently of ``F.interpolate``.
     antialias=True is timm's resampling (PyTorch's antialiased bicubic uses the PIL kernel, a=-0.5, even
-    when upsampling); the official DINO / segmentation code uses plain bicubic (a=-0.75)."""
+    when upsampling)."""
     g = int(round((pos.shape[1] - 1) ** 0.5))
     if (gh, gw) == (g, g):
         return pos
     grid = pos[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False, antialias=antialias)
+    if antialias:
+        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False, antialias=True)
+    else:
+        sh, sw = ((gh + 0.1) / g, (gw + 0.1) / g) if rule == "dino" else (gh / g, gw / g)
+        mh, mw = _cubic_matrix(g, gh, sh), _cubic_matrix(g, gw, sw)
+        grid = torch.einsum("hi,bcij,wj->bchw", mh, grid.double(), mw).to(pos.dtype)
     return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], dim=1)
 
 
-def vit_forward(sd, x, *, heads, eps=1e-6, rel_bias=None, blocks=(), antialias=False):
+def vit_forward(sd, x, *, heads, eps=1e-6, rel_bias=None, blocks=(), antialias=False, pos_rule="size"):
     """Returns (tokens after final norm, {i: block output}).
 
     sd: backbone state dict, keys as in the official repos (``blocks.i.attn.qkv.weight`` etc.; BEiT/CAE
@@ -50,7 +81,7 @@ def vit_forward(sd, x, *, heads, eps=1e-6, rel_bias=None, blocks=(), antialias=F
     t = patches @ w.reshape(w.shape[0], -1).T + sd["patch_embed.proj.bias"]
     t = torch.cat([sd["cls_token"].expand(B, 1, -1), t], dim=1)
     if "pos_embed" in sd:
-        t = t + interp_pos(sd["pos_embed"], gh, gw, antialias)
+        t = t + interp_pos(sd["pos_embed"], gh, gw, antialias, pos_rule)
     bias = rel_bias(gh, gw) if rel_bias is not None else None
     D = t.shape[-1]
     hd = D // heads

@@ -258,9 +258,15 @@ def beit_bias(sd, g=GRID):
     return lambda gh, gw: table[idx.reshape(-1)].reshape(g * g + 1, g * g + 1, -1).permute(2, 0, 1)
 
 
+# how each method's own code resamples the position table (DINO and iBOT: interpolate_pos_encoding's
+# scale_factor=(g+0.1)/14; the others resample to the target size)
+POS_RULE = {"dino": "dino", "ibot": "dino"}
+
+
 def reference(method, sd, x, blocks=(0, 1)):
     bias = beit_bias(sd) if method == "beit" else None
-    return vit_forward(sd, x, heads=HEADS, eps=1e-6, rel_bias=bias, blocks=blocks)
+    return vit_forward(sd, x, heads=HEADS, eps=1e-6, rel_bias=bias, blocks=blocks,
+                       pos_rule=POS_RULE.get(method, "size"))
 
 
 def encoder(method, path, **opts):
@@ -403,15 +409,28 @@ def test_dino_head_uses_weight_norm_not_plain_linear(files):
 # ------------------------------------------------------------------------------------------------
 # position embedding / relative position interpolation at a non-native size
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["dino", "mocov3", "cae"])
-def test_pos_embed_interpolation_320(method, files):
+@pytest.mark.parametrize("size", [(320, 320), (512, 512), (320, 256), (256, 512)])
+@pytest.mark.parametrize("method", ["dino", "ibot", "mocov3", "mae", "cae", "deit"])
+def test_pos_embed_resampled_as_each_methods_own_code(method, size, files):
+    """At every non-native size (segmentation crops are 320, 480, 512, and non-square windows occur) the
+    position table is resampled by the method's own rule, checked against explicit bicubic weights."""
     path, obj = files[(method, "")]
     enc = encoder(method, path)
-    x = torch.randn(1, 3, 320, 256)  # 20 x 16 grid from a 14 x 14 table
+    x = torch.randn(1, 3, *size)
     out = encode(enc, x, REPS)
-    assert out["tokens"].shape == (1, 1 + 20 * 16, D)
+    assert out["tokens"].shape == (1, 1 + (size[0] // 16) * (size[1] // 16), D)
     tokens, blocks = reference(method, backbone_sd(method, obj), x)
     check_reps(out, tokens, blocks)
+
+
+def test_the_dino_rule_differs_from_resizing():
+    """The +0.1 scale rule is not the size rule: a test comparing them could not pass by accident."""
+    from _vit_reference import interp_pos
+
+    pos = torch.randn(1, 1 + 14 * 14, 8, dtype=torch.float64)
+    a, b = interp_pos(pos, 20, 20, rule="dino"), interp_pos(pos, 20, 20, rule="size")
+    assert (a - b).abs().max() > 1e-2
+    assert torch.equal(interp_pos(pos, 14, 14, rule="dino"), pos)
 
 
 def test_beit_rel_pos_table_at_320(tmp_path):

@@ -65,6 +65,7 @@ class DINOLike(CheckpointEncoder):
     """Shared by DINO and iBOT: full checkpoint (teacher/student) or a backbone-only file."""
 
     has_head = True
+    pos_resample = "dino"  # interpolate_pos_encoding: scale_factor=(g' + 0.1) / g, not size=
     representations = ("cls", "mean_patch", "tokens", "blocks", "projected")
     options = {
         "network": Option(str, "teacher", "which network of a full checkpoint: teacher (paper) or student",

@@ -8,6 +8,7 @@ architecture read off the tensors, loaded strictly; the method plugins subclass 
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ class CheckpointEncoder(TokenEncoder):
     expected = "?"
     family = "vit"
     ln_eps = 1e-6
+    pos_resample = "size"  # the position-table resampling of the method's own code (vit_architecture.Arch)
     has_head = False  # the method defines a projection head (the file may still lack it)
 
     options = {
@@ -173,6 +175,7 @@ class CheckpointEncoder(TokenEncoder):
             try:
                 arch = infer_arch(sp.backbone, self.family, num_heads=self.opts.get("num_heads"),
                                   ln_eps=self.ln_eps, where=self.path)
+                arch = dataclasses.replace(arch, pos_resample=self.pos_resample)
             except LayoutError as exc:
                 raise self.wrong_layout(obj, str(exc)) from None
             self._peeked = (sp, arch)
@@ -209,6 +212,8 @@ class CheckpointEncoder(TokenEncoder):
         if self._sha is None:
             self._sha = file_sha256(self.path)
         ident["checkpoint_sha256"] = self._sha
+        if self.pos_resample != "size":  # features at other sizes depend on it (DINO/iBOT since 2026-11)
+            ident["pos_resample"] = self.pos_resample
         return ident
 
     def load(self, device: str = "cpu") -> None:

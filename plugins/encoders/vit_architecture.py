@@ -44,6 +44,10 @@ class Arch:
     abs_pos: bool = True
     shared_rel_pos: bool = False  # beit family only: one table shared by all blocks
     ln_eps: float = 1e-6
+    #: how the position table is resampled to another grid, as the method's own code does it: "size"
+    #: (bicubic to the target grid: DeiT, MoCo v3, MAE, CAE and the segmentation code) or "dino" (DINO's
+    #: and iBOT's ``interpolate_pos_encoding``: bicubic with ``scale_factor=(g' + 0.1) / g``)
+    pos_resample: str = "size"
 
     def describe(self) -> str:
         pos = "abs-pos" if self.abs_pos else ""
@@ -220,7 +224,12 @@ class Backbone(nn.Module):
         if key not in self._cache:
             cls, patch = pe[:, :1], pe[:, 1:]
             patch = patch.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
-            patch = F.interpolate(patch, size=(gh, gw), mode="bicubic", align_corners=False)
+            if self.arch.pos_resample == "dino":
+                # the output is still gh x gw, but the sample positions follow the +0.1 scale factor
+                patch = F.interpolate(patch, scale_factor=((gh + 0.1) / g, (gw + 0.1) / g), mode="bicubic",
+                                      align_corners=False)
+            else:
+                patch = F.interpolate(patch, size=(gh, gw), mode="bicubic", align_corners=False)
             patch = patch.permute(0, 2, 3, 1).reshape(1, gh * gw, -1).to(pe.dtype)
             self._cache[key] = torch.cat([cls, patch], dim=1)
         return self._cache[key]
