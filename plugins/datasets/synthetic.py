@@ -362,8 +362,9 @@ class SyntheticParts(Dataset):
                              "shape and texture do)", check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
         "format": Option(str, "cub", "which published format to read back (cub, coco = person keypoints, "
                          "coco_objects = instances boxes, seg_parts / seg_objects = mmseg img_dir/ann_dir "
-                         "part or object masks, splits train/val)",
-                         choices=["cub", "coco", "coco_objects", *SEG_FORMATS]),
+                         "part or object masks, splits train/val, keypoints = whole-object boxes with their "
+                         "COCO person keypoints for pose)",
+                         choices=["cub", "coco", "coco_objects", "keypoints", *SEG_FORMATS]),
         "keypoints": Option(list, None, "keypoint ids in the chosen format (default: the official lists, "
                             "CUB 11,12,9,14 / COCO 1,11,16)", nullable=True,
                             check=lambda v: None if v is None else cub_mod._check_ids(v)),
@@ -401,6 +402,12 @@ class SyntheticParts(Dataset):
         root, fmt, kps = self._root(), self.opts.get("format", "cub"), self.opts.get("keypoints")
         if fmt in SEG_FORMATS:
             return self._seg(root, SEG_FORMATS[fmt], split)
+        if fmt == "keypoints":  # top-down pose: one box per object, COCO person keypoints
+            from .coco_persons import read_persons
+
+            samples = read_persons(*coco_mod.locate(root / "coco", None, None, "person_keypoints", split))
+            samples.summary.update(split=split, format=fmt, root=str(root))
+            return samples
         if fmt == "cub":
             err = cub_mod._check_ids(kps) if kps is not None else None
             if err:
