@@ -17,7 +17,8 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
 
     first = run_spec(DEMO, tmp_path / "out")
     assert all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
-    assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery", "seg"}
+    assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery", "seg",
+                                           "pose"}
     assert first.forwards > 0
     retrieval = {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in first if r["task"] == "part_retrieval"}
     assert all(0 < ap <= 100 for ap in retrieval.values())
@@ -27,6 +28,8 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     assert seg[("synthetic_seg_parts", "pixels")]["dataset_level"] == "part"
     assert seg[("synthetic_seg_objects", "pixels")]["dataset_level"] == "object"
     assert (tmp_path / "out/levels.png").is_file()  # the object-vs-part chart (Fig. 7)
+    (pose,) = [r for r in first if r["task"] == "pose"]
+    assert {"AP", "AP50", "AR", "AR50"} <= set(pose["metrics"])
     second = run_spec(DEMO, tmp_path / "out")
     assert second.forwards == 0 and second.skipped == len(first)
     assert [r["metrics"] for r in second] == [r["metrics"] for r in first]

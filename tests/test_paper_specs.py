@@ -47,11 +47,13 @@ UNITS = {"table4_parts.yaml": 54, "table2_objects.yaml": 22, "table1_imagenet.ya
 # Tables 5, 7 and 8 share their part-level cells, so these specs overlap.
 SEG_UNITS = {"table3_ade_objects.yaml": 7, "table5_parts_seg.yaml": 21, "table7_ade.yaml": 14,
              "table8_pascal.yaml": 14, "table9_lip_lr.yaml": 7}
-UNITS["paper.yaml"] = sum(UNITS.values()) + 7 * 6 + 7
+UNITS["paper.yaml"] = sum(UNITS.values()) + 7 * 6 + 7 + 6  # + Table 10 (no BEiT row)
 UNITS.update(SEG_UNITS)
+UNITS["table10_pose.yaml"] = 6
 SEG_ENCODERS = [e for e in ENCODERS if e != "vit_in21k"]
 # the tiny checkpoints have 2 blocks: the segmentation head reads both
-TINY_BLOCKS = ["tasks.seg.options.blocks=[0,1]", "tasks.seg_lr.options.blocks=[0,1]"]
+TINY_BLOCKS = ["tasks.seg.options.blocks=[0,1]", "tasks.seg_lr.options.blocks=[0,1]",
+               "tasks.pose.options.blocks=[0,1]"]
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 
@@ -92,6 +94,11 @@ def write_coco_tree(root: Path) -> Path:
         {"id": 105, "image_id": 7, "category_id": 1, "iscrowd": 0, "bbox": [0.0, 0.0, 10.0, 10.0], "area": 1.0},
     ]
     ann.write_text(json.dumps(doc))
+    # the val2017 person gets a real box (Table 10 crops persons; coco_parts only reads keypoints)
+    kp = root / "annotations" / "person_keypoints_val2017.json"
+    doc = json.loads(kp.read_text())
+    doc["annotations"][0]["bbox"] = [5.0, 5.0, 100.0, 110.0]
+    kp.write_text(json.dumps(doc))
     return root
 
 
@@ -154,7 +161,7 @@ def test_spec_validates(spec, paper_env, capsys):
     assert len(plan.units) == UNITS[spec]
     # every reference entry names a unit of paper.yaml; the per-table specs inherit them all
     assert set(plan.reference) >= {"part_retrieval", "part_linear", "part_attentive", "object_retrieval",
-                                   "image_linear", "image_attentive", "seg", "seg_lr"}
+                                   "image_linear", "image_attentive", "seg", "seg_lr", "pose"}
 
 
 def test_paper_units_are_the_union_of_the_tables(paper_env):
@@ -333,6 +340,21 @@ def test_table7_and_fig7_run_with_the_fast_protocol(paper_env, tmp_path, capsys)
     assert dino["object_vs_baseline"] == pytest.approx(ours["ade20k_object"] - base["ade20k_object"])
     assert dino["part_vs_baseline"] == pytest.approx(ours["ade20k_part"] - base["ade20k_part"])
     assert (out / "levels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table10_runs_and_prints_the_paper_columns(paper_env, tmp_path, capsys):
+    small = ["tasks.pose.options.epochs=1", "tasks.pose.options.input_size=[64,48]", "tasks.pose.options.batch_size=4",
+             "tasks.pose.options.warmup=1"]
+    results, printed = run_cli("table10_pose.yaml", tmp_path / "t10", TINY_BLOCKS + small, capsys)
+    by_unit = {r["unit"]: r for r in results}
+    assert sorted(r["encoder"] for r in results) == sorted(e for e in SEG_ENCODERS if e != "beit")
+    r = by_unit["pose__coco_persons__mae"]
+    assert r["reference"] == {"AP": 23.6, "AP50": 59.8, "AR": 33.3, "AR50": 69.6}
+    assert {"AP", "AP50", "AP75", "AR", "AR50"} <= set(r["metrics"])
+    assert r["details"]["annotation_file"].endswith("person_keypoints_val2017.json")
+    for col in ("AP (paper)", "AP50 (paper)", "AR (paper)", "AR50 (paper)"):
+        assert col in printed
+    assert "21.61" in printed  # MoCo v3's AR as printed in the paper
 
 
 def test_table9_lr_columns_carry_the_paper_numbers(paper_env):

@@ -6,7 +6,7 @@ Layout as ``coco_parts`` (``annotations/person_keypoints_{train,val}2017.json``,
 
 Ground-truth boxes (default): every person annotation with ``num_keypoints > 0`` that is not a crowd;
 its box is clipped to the image as mmpose does (x2 = min(W - 1, x + max(0, w - 1)), likewise y) and dropped
-when nothing is left or its area is 0. ``detections``: boxes from a COCO results file (``image_id``,
+when the clipped box has no width or height. ``detections``: boxes from a COCO results file (``image_id``,
 ``category_id`` 1, ``bbox``, ``score``) above ``det_score``, with zero keypoints (evaluation still uses
 the annotation file). Drops are counted in the summary; a split without any usable person is an error.
 """
@@ -86,7 +86,7 @@ def clip_box(box, width: int, height: int):
     x1, y1 = max(0.0, x), max(0.0, y)
     x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
     y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
-    if x2 < x1 or y2 < y1 or w * h <= 0:
+    if x2 <= x1 or y2 <= y1 or w * h <= 0:  # nothing left to crop (mmpose keeps a 1-pixel box of width 0)
         return None
     return x1, y1, x2 - x1, y2 - y1
 
