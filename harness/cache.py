@@ -1,21 +1,67 @@
 """Content-addressed feature cache for frozen encoders.
 
 One ``.npy`` file per (encoder identity, dataset identity, split, item fingerprint, transform,
-representation). Files are written to a temporary name and renamed into place, so a killed run never
-leaves a partial entry under a real key; stale temporaries are ignored and swept.
+representation), with a ``.json`` beside it holding what made it and the BLAKE2b checksum of its array
+bytes. Files are written with ordinary I/O (never memory-mapped writes, which die with SIGBUS on a full
+disk) to a temporary name and renamed into place, so a killed run never leaves a partial entry under a
+real key. Every entry is verified against its checksum the first time a process reads it: a corrupted
+entry is reported, removed and recomputed, never used. Temporaries of dead processes are swept.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 1
+from .api import HarnessError
+
+CACHE_VERSION = 2  # 2: checksummed entries
 _TMP = ".tmp-"
+_PID = re.compile(r"\.tmp-(\d+)")
+HASH_CHUNK = 1 << 22
+
+
+class DiskFullError(HarnessError):
+    """No space left where the harness writes: fatal for the run (every later write would fail too)."""
+
+
+def io_error(path, exc: OSError, what: str) -> HarnessError:
+    """One line for a failed write; ENOSPC / EDQUOT become DiskFullError."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"{path}: no space left on device ({what})")
+    return HarnessError(f"{path}: {exc.strerror or exc} ({what})")
+
+
+def array_checksum(path: Path) -> str:
+    """BLAKE2b of an .npy file's array bytes (everything after the header), read in chunks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(
+            f, max_header_size=1 << 20)  # positions f at the data
+        while True:
+            chunk = f.read(HASH_CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_cache_dir() -> Path:
@@ -41,26 +87,68 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
 
+    _verified: set = set()  # entries whose checksum this process has checked (per path)
+
     def get(self, key: str, mmap: bool = True):
         p = self.path(key)
         if not p.is_file():
             return None
+        if str(p) not in self._verified:
+            problem = self.check(p)
+            if problem:
+                warnings.warn(f"feature cache entry {p}: {problem}; removed, it will be recomputed")
+                self.remove(p)
+                return None
+            self._verified.add(str(p))
         try:
             return np.load(p, mmap_mode="r" if mmap else None)
         except (ValueError, OSError, EOFError):
             return None  # unreadable entry (e.g. disk trouble): treat as a miss and rewrite
 
+    @staticmethod
+    def meta_path(p: Path) -> Path:
+        return p.with_suffix(".json")
+
+    def check(self, p: Path) -> str | None:
+        """None when the entry's array bytes match the checksum stored with it, else what is wrong."""
+        try:
+            meta = json.loads(self.meta_path(p).read_text())
+        except (OSError, ValueError):
+            return "its metadata file is missing or unreadable"
+        want = meta.get("blake2b")
+        if not want:
+            return "no checksum stored (written before checksums: never read, safe to delete)"
+        try:
+            got = array_checksum(p)
+        except (OSError, ValueError, EOFError) as exc:
+            return f"unreadable ({exc})"
+        return None if got == want else f"checksum mismatch (stored {want[:12]}…, content {got[:12]}…)"
+
+    def remove(self, p: Path) -> None:
+        for q in (p, self.meta_path(p)):
+            try:
+                q.unlink()
+            except OSError:
+                pass
+        self._verified.discard(str(p))
+
+    def entries(self) -> list[Path]:
+        return sorted(self.root.glob("*/*.npy")) if self.root.is_dir() else []
+
     def open_writer(self, key: str, shape: tuple, dtype, meta: dict) -> "_Writer":
         return _Writer(self, key, shape, dtype, meta)
 
     def sweep_stale(self, older_than_s: float = 3600) -> int:
-        """Remove temporaries of killed runs (older than an hour, so concurrent runs are safe)."""
+        """Remove temporaries of killed runs: those whose writer process (the pid in the name) is gone,
+        and any other temporary older than an hour (concurrent live runs keep theirs)."""
         n, now = 0, time.time()
         if not self.root.is_dir():
             return 0
-        for p in self.root.glob(f"*/{_TMP}*"):
+        for p in list(self.root.glob(f"*/{_TMP}*")) + list(self.root.glob(f"*/*{_TMP}*")):
+            m = _PID.search(p.name)
             try:
-                if now - p.stat().st_mtime > older_than_s:
+                dead = m is not None and not pid_alive(int(m.group(1)))
+                if dead or now - p.stat().st_mtime > older_than_s:
                     p.unlink()
                     n += 1
             except OSError:
@@ -69,31 +157,74 @@ class FeatureCache:
 
 
 class _Writer:
-    """Streams rows into a memory-mapped temporary file; ``commit`` renames it into place."""
+    """Writes rows at their offsets into a temporary .npy with ordinary file I/O (a full disk is an
+    OSError, not a SIGBUS); ``commit`` checksums it and renames it into place; any failure removes it."""
 
     def __init__(self, cache: FeatureCache, key: str, shape: tuple, dtype, meta: dict):
         self.final = cache.path(key)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.final.parent / f"{_TMP}{os.getpid()}-{key}.npy"
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
         self.meta = meta
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(v) for v in shape)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._f = None
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.tmp, "wb")
+            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                      "shape": self.shape}
+            np.lib.format.write_array_header_1_0(self._f, header) if self._header_fits(header) else \
+                np.lib.format.write_array_header_2_0(self._f, header)
+            self.offset = self._f.tell()
+            self._f.truncate(self.offset + self.shape[0] * self.row_bytes)  # sparse: space is used on write
+        except OSError as exc:
+            self.abort()
+            raise io_error(self.tmp, exc, "creating a feature cache entry") from None
+
+    @staticmethod
+    def _header_fits(header) -> bool:
+        try:
+            import io
+
+            np.lib.format.write_array_header_1_0(io.BytesIO(), header)
+            return True
+        except ValueError:
+            return False
 
     def write(self, start: int, rows: np.ndarray) -> None:
-        self.array[start:start + len(rows)] = rows
+        try:
+            self._f.seek(self.offset + int(start) * self.row_bytes)
+            self._f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        except OSError as exc:
+            self.abort()
+            raise io_error(self.tmp, exc, "writing a feature cache entry") from None
 
     def commit(self) -> None:
-        self.array.flush()
-        del self.array
         meta_tmp = self.final.with_suffix(f".json{_TMP}{os.getpid()}")
-        meta_tmp.write_text(json.dumps(self.meta, indent=1, default=str))
-        os.replace(meta_tmp, self.final.with_suffix(".json"))
-        os.replace(self.tmp, self.final)  # the .npy appearing is what makes the entry exist
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+            self.meta = {**self.meta, "blake2b": array_checksum(self.tmp)}
+            meta_tmp.write_text(json.dumps(self.meta, indent=1, default=str))
+            os.replace(meta_tmp, self.final.with_suffix(".json"))
+            os.replace(self.tmp, self.final)  # the .npy appearing is what makes the entry exist
+        except OSError as exc:
+            self.abort()
+            try:
+                meta_tmp.unlink()
+            except OSError:
+                pass
+            raise io_error(self.final.parent, exc, "committing a feature cache entry") from None
 
     def abort(self) -> None:
-        try:
-            del self.array
-        except AttributeError:
-            pass
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+            self._f = None
         try:
             self.tmp.unlink()
         except OSError:

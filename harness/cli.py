@@ -60,6 +60,73 @@ def cmd_run(args) -> int:
     return 1 if results.failed else 0
 
 
+def _named(meta: dict, kind: str) -> str:
+    """'name (plugin)' of a cache entry's encoder or dataset, from its metadata."""
+    ident = meta.get(kind) if isinstance(meta.get(kind), dict) else {}
+    name, plugin = meta.get(f"{kind}_name", "?"), ident.get("plugin")
+    return f"{name} ({plugin})" if plugin and plugin != name else str(name)
+
+
+def cmd_cache(args) -> int:
+    """`harness cache ls|verify|prune`: inspect, check and clean a feature cache."""
+    from tabulate import tabulate
+
+    from .cache import FeatureCache, default_cache_dir
+
+    cache = FeatureCache(args.cache_dir or default_cache_dir())
+    entries = cache.entries()
+    now = time.time()
+
+    def meta_of(p):
+        try:
+            return json.loads(cache.meta_path(p).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    if args.action == "ls":
+        rows, total = [], 0
+        for p in entries:
+            m, size = meta_of(p), p.stat().st_size
+            total += size
+            rows.append([p.stem[:12], _named(m, "encoder"), _named(m, "dataset"), m.get("split", "?"),
+                         m.get("representation", "?"), f"{size / 1e6:.1f} MB", f"{(now - p.stat().st_mtime) / 86400:.1f} d"])
+        print(tabulate(rows, headers=["key", "encoder", "dataset", "split", "representation", "size", "age"]))
+        print(f"{len(entries)} entries, {total / 1e9:.2f} GB in {cache.root}")
+        return 0
+    if args.action == "verify":
+        bad = []
+        for p in entries:
+            problem = cache.check(p)
+            if problem:
+                bad.append(p)
+                print(f"BAD {p}: {problem}{' (deleted)' if args.delete else ''}")
+                if args.delete:
+                    cache.remove(p)
+        print(f"{len(entries)} entries checked, {len(bad)} bad")
+        return 1 if bad and not args.delete else 0
+    # prune
+    picked = []
+    for p in entries:
+        age_days = (now - p.stat().st_mtime) / 86400
+        m = meta_of(p)
+        text = " ".join([_named(m, "encoder"), _named(m, "dataset"), str(m.get("split", "")),
+                         str(m.get("representation", ""))])
+        if args.older_than is not None and age_days < args.older_than:
+            continue
+        if args.match and args.match not in text:
+            continue
+        picked.append(p)
+    if args.older_than is None and not args.match and not args.all:
+        raise HarnessError("harness cache prune: say what to remove: --older-than DAYS, --match TEXT or --all")
+    freed = sum(p.stat().st_size for p in picked)
+    for p in picked:
+        print(f"{'would remove' if args.dry_run else 'removed'} {p}")
+        if not args.dry_run:
+            cache.remove(p)
+    print(f"{len(picked)} entries, {freed / 1e9:.2f} GB {'would be ' if args.dry_run else ''}freed")
+    return 0
+
+
 def cmd_report(args) -> int:
     from . import report
 
@@ -162,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("name", nargs="?", help="show this plugin's options (type, default, help)")
     ls.set_defaults(func=cmd_ls)
     sub.add_parser("plugins", help="loaded plugins as JSON", parents=[common]).set_defaults(func=cmd_plugins)
+    c = sub.add_parser("cache", help="list, verify or prune the feature cache")
+    c.add_argument("action", choices=["ls", "verify", "prune"])
+    c.add_argument("--cache-dir", help="feature cache directory (default $HARNESS_CACHE_DIR or ~/.cache/partbench)")
+    c.add_argument("--delete", action="store_true", help="verify: remove the bad entries")
+    c.add_argument("--older-than", type=float, metavar="DAYS", help="prune: entries last written DAYS ago or more")
+    c.add_argument("--match", metavar="TEXT", help="prune: entries whose encoder/dataset/split/representation contain TEXT")
+    c.add_argument("--all", action="store_true", help="prune: every entry")
+    c.add_argument("--dry-run", action="store_true", help="prune: list, remove nothing")
+    c.set_defaults(func=cmd_cache)
     rep = sub.add_parser("report", help="re-render tables from an output directory's result JSON")
     rep.add_argument("dir")
     rep.add_argument("--format", default="simple", help="tabulate table format (simple, github, latex, ...)")

@@ -25,7 +25,7 @@ import torch
 
 from . import transforms
 from .api import Dataset, Encoder, HarnessError, Samples, TaskContext
-from .cache import FeatureCache
+from .cache import FeatureCache, io_error
 from .distributed import Dist, shard
 from .execution import Executor
 from .progress import progress
@@ -567,7 +567,7 @@ class _ShardWriter:
             self._f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
         except OSError as exc:
             self.abort()
-            raise HarnessError(f"{self.path}: cannot write feature shard ({exc.strerror})") from None
+            raise io_error(self.path, exc, "writing a feature shard") from None
         self.rows += len(rows)
 
     def close(self) -> None:

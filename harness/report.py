@@ -121,6 +121,23 @@ def _figure(results: list[dict], path: Path) -> Path | None:
     return path
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Temporary sibling, then rename: a failed write (full disk) leaves neither a partial file nor the
+    temporary, and is one line naming the file."""
+    from .cache import io_error
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise io_error(path, exc, "writing the report") from None
+
+
 def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, figure: bool = True) -> dict:
     """Write report.md, results.csv, summary.json (and summary.png); return their paths."""
     out = Path(out_dir)
@@ -130,9 +147,9 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
     written = {}
     pairs = level_pairs(results)  # object vs part (Fig. 7) wherever the run has an object/part pair
     md = out / "report.md"
-    md.write_text(render(results, "github"))
+    _write_text(md, render(results, "github"))
     written["markdown"] = md
-    (out / "results.csv").write_text(_csv(results))
+    _write_text(out / "results.csv", _csv(results))
     written["csv"] = out / "results.csv"
     summary = [{k: r.get(k) for k in ("unit", "task", "dataset", "encoder", "status", "metrics", "error")}
                for r in results]
@@ -142,10 +159,14 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
         write_json_atomic(out / "levels.json", pairs)
         written["levels"] = out / "levels.json"
     if figure:
-        png = _figure(results, out / "summary.png")
-        if png:
-            written["figure"] = png
-        png = level_figure(pairs, out / "levels.png")
-        if png:
-            written["levels_figure"] = png
+        from .cache import io_error
+
+        for name, draw in (("figure", lambda p: _figure(results, p)), ("levels_figure", lambda p: level_figure(pairs, p))):
+            path = out / ("summary.png" if name == "figure" else "levels.png")
+            try:
+                if draw(path):
+                    written[name] = path
+            except OSError as exc:
+                path.unlink(missing_ok=True)
+                raise io_error(path, exc, "writing the report") from None
     return written

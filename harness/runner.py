@@ -16,7 +16,7 @@ import numpy as np
 
 from . import distributed
 from .api import HarnessError, Task
-from .cache import FeatureCache, _canonical, default_cache_dir
+from .cache import DiskFullError, FeatureCache, _canonical, default_cache_dir, io_error
 from .features import FeatureEngine, UnitContext
 from .spec import Plan, Unit
 
@@ -67,10 +67,19 @@ def _json_default(o):
 
 
 def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write JSON to a temporary sibling and rename it into place; on failure (e.g. a full disk) the
+    temporary is removed and the error is one line naming the file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=True))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=True))
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise io_error(path, exc, "writing results") from None
 
 
 def config_hash(cfg: dict) -> str:
@@ -199,6 +208,8 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
                 reps = g["encoders"].setdefault(u.encoder, [])
                 reps.extend(rep for rep in r.reps if rep not in reps)
                 g["units"].setdefault(u.encoder, []).append(u.id)
+        except DiskFullError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the unit fails, others go on
             errors[u.id] = _error_text(exc)
     forwards: dict[str, int] = {}
@@ -218,6 +229,8 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
                         errors[uid] = str(exc)
                     batch.remove(failed)
                     continue
+                except DiskFullError:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - a data problem: every unit of the pass fails alike
                     for n in batch:
                         for uid in g["units"][n]:
@@ -272,6 +285,8 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
         result["artifacts"] = [os.path.relpath(p, out) for p in produced.get("artifacts", [])]
         if enc.load_report:
             result["details"]["checkpoint_load_report"] = enc.load_report
+    except DiskFullError:
+        raise  # every later unit would fail alike: stop the run with one line
     except Exception as exc:  # noqa: BLE001 - failure isolation: record and go on
         result["status"] = "failed"
         result["error"] = str(exc) if prefetch_error else _error_text(exc)
