@@ -384,17 +384,48 @@ def test_dino_ibot_projection(method, network, files):
     head = {k[len(prefix + "head."):]: v for k, v in net.items() if k.startswith(prefix + "head.")}
     tokens, _ = vit_forward(bb, x, heads=HEADS)
     torch.testing.assert_close(out["tokens"], tokens, atol=ATOL, rtol=ATOL)
-    torch.testing.assert_close(out["projected"], dino_head(head, tokens[:, 0]), atol=ATOL, rtol=ATOL)
-    assert out["projected"].shape == (2, 96)
+    full = dino_head(head, tokens[:, 0])  # [2, 96]: the head's own output
+    # 'projected' is its exact 16-d (bottleneck) equivalent: the same Gram matrix of dot products
+    assert out["projected"].shape == (2, 16)
+    torch.testing.assert_close(out["projected"] @ out["projected"].T, full @ full.T, atol=1e-4, rtol=1e-4)
+    full_enc = encoder(method, path, network=network, full_projection=True)
+    torch.testing.assert_close(encode(full_enc, x, ["projected"])["projected"], full, atol=ATOL, rtol=ATOL)
     if network == "student" and method == "ibot":
         assert enc.load_report["ignored"]["backbone.masked_embed"] == 1
     assert enc.load_report["missing"] == [] and enc.load_report["unexpected"] == []
 
 
+@pytest.mark.parametrize("method", ["dino", "ibot"])
+def test_compact_projection_preserves_cosine_similarities_dot_products_and_distances(method, files):
+    """The stored bottleneck-width 'projected' (L^T z, L L^T = W^T W) against the full head output W z on
+    many inputs: every pairwise cosine similarity, dot product and Euclidean distance is the same."""
+    path, _ = files[(method, "")]
+    compact = encode(encoder(method, path), torch.randn(12, 3, 224, 224, generator=torch.Generator().manual_seed(0)),
+                     ["projected"])["projected"].double()
+    full = encode(encoder(method, path, full_projection=True),
+                  torch.randn(12, 3, 224, 224, generator=torch.Generator().manual_seed(0)), ["projected"])["projected"].double()
+    assert compact.shape[1] < full.shape[1]
+    cos = lambda a: torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(a, dim=1).T  # noqa: E731
+    torch.testing.assert_close(cos(compact), cos(full), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compact @ compact.T, full @ full.T, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.cdist(compact, compact), torch.cdist(full, full), atol=1e-3, rtol=1e-4)
+
+
+def test_a_rank_deficient_head_is_a_clear_error(tmp_path):
+    from harness import HarnessError
+    from partbench_plugins.encoders.dino_family import DINOHead, ExactLowRankHead
+
+    head = DINOHead([8, 8, 4], 10)
+    with torch.no_grad():
+        head.last_layer.weight_v[:, 3] = head.last_layer.weight_v[:, 2]  # two equal columns: rank 3 < 4
+    with pytest.raises(HarnessError, match=r"W\^T W is not positive definite \(rank 3 < 4\); set full_projection"):
+        ExactLowRankHead(head, "x.pth")
+
+
 def test_dino_head_uses_weight_norm_not_plain_linear(files):
     """W = g * v / ||v||: a plain Linear(v) (the paper code's head class) would give a different output."""
     path, obj = files[("dino", "")]
-    enc = encoder("dino", path)
+    enc = encoder("dino", path, full_projection=True)
     x = torch.randn(1, 3, 224, 224)
     out = encode(enc, x, ["projected", "cls"])
     head = {k[5:]: v for k, v in obj["teacher"].items() if k.startswith("head.")}

@@ -39,7 +39,8 @@ CHECKPOINTS = {
 }
 ENCODERS = ["deit", "vit_in21k", "mocov3", "dino", "beit", "mae", "cae", "ibot"]
 PROJECTED = ["mocov3", "dino", "ibot"]
-PROJECTED_DIM = {"mocov3": 32, "dino": 96, "ibot": 96}  # the tiny files' projector / DINO-head outputs
+# the tiny files' projector output (MoCo v3) and DINO-head bottleneck (the exact compact 'projected')
+PROJECTED_DIM = {"mocov3": 32, "dino": 16, "ibot": 16}
 
 # 8 encoders x 2 datasets x 3 tasks + 3 x 2 projected; 8 x 2 + 3 x 2; 8 + 8; 7 (no vit_in21k gallery)
 UNITS = {"table4_parts.yaml": 54, "table2_objects.yaml": 22, "table1_imagenet.yaml": 16, "fig6_gallery.yaml": 7}

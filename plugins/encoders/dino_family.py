@@ -61,6 +61,32 @@ class DINOHead(nn.Module):
         return cls(dims, sd["last_layer.weight_v"].shape[0])
 
 
+class ExactLowRankHead(nn.Module):
+    """A DINOHead's ``projected`` in its bottleneck width, with every dot product unchanged.
+
+    The head outputs ``W z`` (W: out x b weight-normalised rows, z: the L2-normalised b-dim bottleneck;
+    DINO 65,536 x 256, iBOT 8,192 x 256). With ``W^T W = L L^T`` (Cholesky, fp64), ``(L^T z_a)^T (L^T z_b) =
+    z_a^T W^T W z_b = (W z_a)^T (W z_b)``: dot products, norms, cosine similarities and distances of the
+    b-dim ``L^T z`` equal those of the full output (``W z = Q L^T z`` with Q = W L^-T orthonormal columns),
+    so retrieval is identical and a linear probe sees the same function class, at 256 instead of 65,536
+    numbers per item."""
+
+    def __init__(self, head: "DINOHead", where: str):
+        super().__init__()
+        self.mlp = head.mlp
+        ll = head.last_layer
+        w = (ll.weight_g.double() * ll.weight_v.double() / ll.weight_v.double().norm(dim=1, keepdim=True))
+        try:
+            chol = torch.linalg.cholesky(w.T @ w)
+        except RuntimeError:  # torch.linalg.LinAlgError subclasses RuntimeError
+            raise HarnessError(f"{where}: the projection head's last layer W^T W is not positive definite (rank "
+                               f"{int(torch.linalg.matrix_rank(w))} < {w.shape[1]}); set full_projection: true")
+        self.register_buffer("chol", chol.float())  # z @ L = (L^T z)^T for row vectors
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(x), dim=-1, p=2) @ self.chol.to(x.dtype)
+
+
 class DINOLike(CheckpointEncoder):
     """Shared by DINO and iBOT: full checkpoint (teacher/student) or a backbone-only file."""
 
@@ -70,6 +96,9 @@ class DINOLike(CheckpointEncoder):
     options = {
         "network": Option(str, "teacher", "which network of a full checkpoint: teacher (paper) or student",
                           choices=["teacher", "student"]),
+        "full_projection": Option(bool, False, "'projected' as the head's full output (DINO 65,536-d, iBOT "
+                                  "8,192-d) instead of its exact bottleneck-width equivalent (same dot products, "
+                                  "norms and cosine similarities; docs/encoders.md)"),
     }
     #: wrapper key of the backbone-only file ("" = raw state dict)
     backbone_only_key = ""
@@ -126,6 +155,17 @@ class DINOLike(CheckpointEncoder):
 
     def build_head(self, sd: dict) -> nn.Module:
         return DINOHead.from_state_dict(sd, f"{self.path} (projection head)")
+
+    def load(self, device: str = "cpu") -> None:
+        super().load(device)
+        head = self.head
+        if isinstance(head, DINOHead) and not self.opts.get("full_projection", False):
+            out_dim, bottleneck = head.last_layer.weight_v.shape
+            if out_dim > bottleneck:  # otherwise the full output is already the smaller one
+                self.head = ExactLowRankHead(head, f"{self.path} (projection head)").eval().requires_grad_(False)
+                self.head.to(device)
+                self.load_report["projected"] = (f"exact {bottleneck}-d equivalent of the {out_dim}-d head output "
+                                                 "(L^T z, L L^T = W^T W)")
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(tokens[:, 0])
