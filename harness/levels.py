@@ -114,6 +114,6 @@ def level_figure(pairs: list[dict], path: Path) -> Path | None:
                          "absolute values)", fontsize=9)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps the legend beside the axes in the image
     plt.close(fig)
     return path

@@ -72,6 +72,11 @@ def render(results: list[dict], fmt: str = "simple") -> str:
     for task, (header, rows) in tables(results).items():
         parts.append(f"## {task}\n" if fmt == "github" else f"{task}")
         parts.append(tabulate(rows, headers=header, tablefmt=fmt, floatfmt=".2f"))
+        failed = [r for r in results if r["task"] == task and r["status"] != "ok" and r.get("error")]
+        if failed:  # the table cuts errors short: each one in full, once, below it
+            parts.append("")
+            parts += [f"FAILED {r['dataset']} / {r['encoder']}: {r['error']}" for r in
+                      sorted(failed, key=lambda r: (r["dataset"], r["encoder"]))]
         parts.append("")
     pairs = level_pairs(results)
     if pairs:
@@ -101,7 +106,7 @@ def _figure(results: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     tasks = list(OrderedDict.fromkeys(r["task"] for r in ok))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         rs = [r for r in ok if r["task"] == task]
         metric = (rs[0].get("headline") or list(rs[0]["metrics"]))[0]
@@ -114,9 +119,13 @@ def _figure(results: list[dict], path: Path) -> Path | None:
             ax.bar([i + j * width for i in range(len(datasets))], ys, width, label=e)
         ax.set_xticks([i + width * (len(encoders) - 1) / 2 for i in range(len(datasets))], datasets)
         ax.set_title(f"{task}: {metric}")
-        ax.legend(fontsize=7)
+        ax.set_xlabel("dataset")
+        ax.set_ylabel(metric)
+        # beside the axes, never over the bars
+        ax.legend(title="encoder", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps the legend beside the axes in the image
     plt.close(fig)
     return path
 

@@ -80,3 +80,40 @@ def test_a_run_without_a_supervised_encoder_still_gets_the_chart(tmp_path):
     written = report.write_report(tmp_path, no_sup)
     assert written["levels_figure"].is_file()
     assert json.loads((tmp_path / "levels.json").read_text())[0]["baseline"] is None
+
+
+def test_a_failed_units_full_error_is_printed_once_below_its_table():
+    long_error = "HarnessError: " + "x" * 70 + " the end of a long message naming /some/file.json"
+    rs = ade_results()
+    rs[0] = dict(rs[0], status="failed", metrics={}, error=long_error)
+    for fmt in ("simple", "github"):
+        text = report.render(rs, fmt)
+        assert text.count(long_error) == 1  # in full, once
+        assert "FAILED: HarnessError: xxx" in text  # the table cell stays short
+        assert f"FAILED ade_object / deit: {long_error}" in text
+
+
+def test_summary_figure_labels_its_axes_and_keeps_the_legend_off_the_bars(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    real = plt.Figure.savefig
+
+    def keep(fig, path, *a, **k):
+        if str(path).endswith("summary.png"):
+            captured["fig"] = fig
+        return real(fig, path, *a, **k)
+
+    plt.Figure.savefig = keep
+    try:
+        report.write_report(tmp_path, ade_results())
+    finally:
+        plt.Figure.savefig = real
+    ax = captured["fig"].axes[0]
+    assert ax.get_xlabel() == "dataset" and ax.get_ylabel() == "mIoU"
+    legend_box = ax.get_legend().get_window_extent()
+    axes_box = ax.get_window_extent()
+    assert legend_box.x0 >= axes_box.x1  # beside the plotting area, not over the bars

@@ -27,6 +27,27 @@ PAD = 4  # pixels between tiles and around the grid
 GAP = 3 * PAD  # extra space between the query column and the retrieved items
 BORDER = 3  # width of the same-label / other-label frame
 BOX = (230, 30, 30)  # query box colour (red, as the official figure)
+LEGEND = ("left: the query item, red box = its place on the source image; frames: green = same label as the "
+          "query, red = another label")
+LEGEND_UNMARKED = "left: the query item, red box = its place on the source image"
+
+
+def _caption(im: Image.Image, lines: list[str]) -> Image.Image:
+    """``im`` under a white band holding ``lines`` of text (what the figure shows and what colours mean)."""
+    import textwrap
+
+    from PIL import ImageDraw
+
+    lines = [w for text in lines for w in textwrap.wrap(text, max(20, (im.width - 2 * PAD) // 6))]  # ~6 px a char
+    line_h = 14
+    band = Image.new("RGB", (im.width, PAD + line_h * len(lines)), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for k, text in enumerate(lines):
+        draw.text((PAD, PAD // 2 + k * line_h), text, fill=(0, 0, 0))
+    out = Image.new("RGB", (im.width, band.height + im.height), (255, 255, 255))
+    out.paste(band, (0, 0))
+    out.paste(im, (0, band.height))
+    return out
 SAME, OTHER = (40, 170, 60), (215, 50, 50)
 SIM_KS = (1, 5, 10)
 
@@ -184,6 +205,9 @@ class Gallery(Task):
                 it = _item_tile(samples, int(j), tile, frame)
                 full.paste(it, (PAD + tile + GAP + c * (tile + PAD), y))
                 rstrip.paste(it, (PAD + c * (tile + PAD), y))
+        legend = LEGEND if mark else LEGEND_UNMARKED
+        full = _caption(full, [f"{ctx.encoder.name} - {rep}, {split}, top {shown.shape[1]} by cosine similarity "
+                               f"(query excluded)", legend])
         paths = {}
         for name, im in (("gallery", full), ("queries", qstrip), ("retrieved", rstrip)):
             p = Path(ctx.out_dir) / f"{name}.png"
@@ -268,8 +292,9 @@ class Gallery(Task):
                 ax.imshow(r_imgs[i], interpolation="nearest")
                 ax.set_title(panels[i][0], fontsize=10)
                 ax.axis("off")
+        fig.text(0.5, 0.0, LEGEND, ha="center", va="bottom", fontsize=8)
         out = Path(out_dir) / "gallery.png"
-        fig.savefig(out, dpi=dpi, facecolor="white")
+        fig.savefig(out, dpi=dpi, facecolor="white", bbox_inches="tight", pad_inches=0.15)
         plt.close(fig)
         return [str(out)]
 
