@@ -150,3 +150,27 @@ def test_a_too_big_window_cache_is_refused_before_anything_is_encoded(tmp_path):
     assert r["status"] == "failed" and r["forwards"] == 0
     assert "window cache of encoder 'v' would take" in r["error"] and "mode: stream" in r["error"]
     assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_both_protocols_run_on_the_synthetic_object_part_pair(tmp_path):
+    from harness.runner import run_spec
+
+    spec = tmp_path / "pair.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        encoders: {{v: {{plugin: random_vit, options: {{embed_dim: 24, depth: 2, num_heads: 2, patch_size: 16}}}}}}
+        datasets:
+          objects: {{plugin: synthetic_parts, options: {{num_images: 10, image_size: 64, format: seg_objects,
+                                                       root: {tmp_path / "gen"}}}}}
+          parts: {{plugin: synthetic_parts, options: {{num_images: 10, image_size: 64, format: seg_parts,
+                                                     root: {tmp_path / "gen"}}}}}
+        tasks:
+          fast: {{plugin: linear_seg, options: {{blocks: [0, 1], iterations: 6, batch_size: 4, warmup: 2}}}}
+          paper: {{plugin: linear_seg, options: {{protocol: paper, blocks: [0, 1], iterations: 2, batch_size: 2,
+                                                 warmup: 1, workers: 0, isolation: inprocess}}}}
+    """))
+    res = run_spec(spec, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert len(res) == 4 and all(r["status"] == "ok" for r in res), [r["error"] for r in res]
+    assert {(r["task"], r["dataset_level"]) for r in res} == {(t, lvl) for t in ("fast", "paper")
+                                                             for lvl in ("object", "part")}
+    pairs = json.loads((tmp_path / "out" / "levels.json").read_text())
+    assert {p["object"]["task"] for p in pairs} == {"fast", "paper"}  # one object/part pair per protocol
