@@ -39,6 +39,22 @@ def io_error(path, exc: OSError, what: str) -> HarnessError:
     return HarnessError(f"{path}: {exc.strerror or exc} ({what})")
 
 
+def write_text_atomic(path: Path, text: str, what: str) -> None:
+    """Write to a temporary sibling, then rename into place: a failed write (e.g. a full disk) leaves
+    neither a partial file nor the temporary, and raises one line naming the file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise io_error(path, exc, what) from None
+
+
 def array_checksum(path: Path) -> str:
     """BLAKE2b of an .npy file's array bytes (everything after the header), read in chunks."""
     h = hashlib.blake2b(digest_size=16)

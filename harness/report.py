@@ -12,6 +12,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from .api import HarnessError
+from .cache import io_error, write_text_atomic
 from .levels import level_figure, level_markdown, level_pairs
 
 
@@ -130,23 +131,6 @@ def _figure(results: list[dict], path: Path) -> Path | None:
     return path
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Temporary sibling, then rename: a failed write (full disk) leaves neither a partial file nor the
-    temporary, and is one line naming the file."""
-    from .cache import io_error
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise io_error(path, exc, "writing the report") from None
-
-
 def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, figure: bool = True) -> dict:
     """Write report.md, results.csv, summary.json (and summary.png); return their paths."""
     out = Path(out_dir)
@@ -156,9 +140,9 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
     written = {}
     pairs = level_pairs(results)  # object vs part (Fig. 7) wherever the run has an object/part pair
     md = out / "report.md"
-    _write_text(md, render(results, "github"))
+    write_text_atomic(md, render(results, "github"), "writing the report")
     written["markdown"] = md
-    _write_text(out / "results.csv", _csv(results))
+    write_text_atomic(out / "results.csv", _csv(results), "writing the report")
     written["csv"] = out / "results.csv"
     summary = [{k: r.get(k) for k in ("unit", "task", "dataset", "encoder", "status", "metrics", "error")}
                for r in results]
@@ -168,8 +152,6 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
         write_json_atomic(out / "levels.json", pairs)
         written["levels"] = out / "levels.json"
     if figure:
-        from .cache import io_error
-
         for name, draw in (("figure", lambda p: _figure(results, p)), ("levels_figure", lambda p: level_figure(pairs, p))):
             path = out / ("summary.png" if name == "figure" else "levels.png")
             try:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import distributed
 from .api import HarnessError, Task
-from .cache import DiskFullError, FeatureCache, _canonical, default_cache_dir, io_error
+from .cache import DiskFullError, FeatureCache, _canonical, default_cache_dir, write_text_atomic
 from .features import FeatureEngine, UnitContext
 from .spec import Plan, Unit
 
@@ -67,19 +67,7 @@ def _json_default(o):
 
 
 def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to a temporary sibling and rename it into place; on failure (e.g. a full disk) the
-    temporary is removed and the error is one line naming the file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=True))
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise io_error(path, exc, "writing results") from None
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=True), "writing results")
 
 
 def config_hash(cfg: dict) -> str:

@@ -418,7 +418,7 @@ def test_a_rank_deficient_head_is_a_clear_error(tmp_path):
     head = DINOHead([8, 8, 4], 10)
     with torch.no_grad():
         head.last_layer.weight_v[:, 3] = head.last_layer.weight_v[:, 2]  # two equal columns: rank 3 < 4
-    with pytest.raises(HarnessError, match=r"W\^T W is not positive definite \(rank 3 < 4\); set full_projection"):
+    with pytest.raises(HarnessError, match=r"W\^T W is not positive definite \(rank 3 of 4\); set full_projection"):
         ExactLowRankHead(head, "x.pth")
 
 

@@ -82,6 +82,14 @@ def load_coco(path: Path):
         raise HarnessError(f"{path}: not a COCO annotation file ({type(exc).__name__}: {exc})") from None
 
 
+def keypoint_category(coco, ann_file) -> dict:
+    """The category with a 'keypoints' list ('person' when several); one-line error when there is none."""
+    cats = [c for c in coco.dataset.get("categories", []) if c.get("keypoints")]
+    if not cats:
+        raise HarnessError(f"{ann_file}: no category with a 'keypoints' list (not a person_keypoints file?)")
+    return next((c for c in cats if c.get("name") == "person"), cats[0])
+
+
 def _image_entry(coco, path: Path, iid: int):
     img = coco.imgs.get(iid)
     if img is None:
@@ -95,10 +103,7 @@ def _image_entry(coco, path: Path, iid: int):
 def read_coco_parts(ann_file: Path, img_dir: Path, keypoints, distance: str = "within_person",
                     min_visibility: int = 2):
     coco = load_coco(ann_file)
-    cats = [c for c in coco.dataset.get("categories", []) if c.get("keypoints")]
-    if not cats:
-        raise HarnessError(f"{ann_file}: no category with a 'keypoints' list (not a person_keypoints file?)")
-    cat = next((c for c in cats if c.get("name") == "person"), cats[0])
+    cat = keypoint_category(coco, ann_file)
     names = list(cat["keypoints"])
     for k in keypoints:
         if not 1 <= k <= len(names):

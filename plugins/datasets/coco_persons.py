@@ -23,7 +23,7 @@ from harness import HarnessError, Option, hookimpl
 from harness.api import KeypointSamples
 
 from ._common import expand, need_file, open_rgb
-from .coco import _LAYOUT, SET_OF_SPLIT, _CocoLayout, load_coco
+from .coco import _LAYOUT, SET_OF_SPLIT, _CocoLayout, keypoint_category, load_coco
 from .part_crops import SourceCache
 
 
@@ -93,10 +93,7 @@ def clip_box(box, width: int, height: int):
 
 def read_persons(ann_file: Path, img_dir: Path, detections: Path | None = None, det_score: float = 0.0):
     coco = load_coco(ann_file)
-    cats = [c for c in coco.dataset.get("categories", []) if c.get("keypoints")]
-    if not cats:
-        raise HarnessError(f"{ann_file}: no category with a 'keypoints' list (not a person_keypoints file?)")
-    cat = next((c for c in cats if c.get("name") == "person"), cats[0])
+    cat = keypoint_category(coco, ann_file)
     names = list(cat["keypoints"])
     K = len(names)
     counts: Counter = Counter()

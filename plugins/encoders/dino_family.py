@@ -76,11 +76,14 @@ class ExactLowRankHead(nn.Module):
         self.mlp = head.mlp
         ll = head.last_layer
         w = (ll.weight_g.double() * ll.weight_v.double() / ll.weight_v.double().norm(dim=1, keepdim=True))
+        rank = int(torch.linalg.matrix_rank(w))  # a singular W^T W can still pass Cholesky by rounding
         try:
+            if rank < w.shape[1]:
+                raise RuntimeError("rank deficient")
             chol = torch.linalg.cholesky(w.T @ w)
         except RuntimeError:  # torch.linalg.LinAlgError subclasses RuntimeError
             raise HarnessError(f"{where}: the projection head's last layer W^T W is not positive definite (rank "
-                               f"{int(torch.linalg.matrix_rank(w))} < {w.shape[1]}); set full_projection: true")
+                               f"{rank} of {w.shape[1]}); set full_projection: true") from None
         self.register_buffer("chol", chol.float())  # z @ L = (L^T z)^T for row vectors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,8 @@ from harness import HarnessError, Option, Task
 from harness.api import FeatureRequest
 from harness import transforms as _transforms
 
+from .dense import learning_rates
+
 # Arrays up to this size (as float32) are moved to the device once; larger ones stream per batch.
 _RESIDENT_BYTES = 1 << 30
 
@@ -337,11 +339,7 @@ class ProbeTask(Task):
                 FeatureRequest(self.test_split(dataset), (rep,), self.opts["test_transform"])]
 
     def lr_list(self) -> list[float]:
-        out = [float(self.opts["lr"])]
-        for lr in self.opts["lrs"] or []:
-            if float(lr) not in out:
-                out.append(float(lr))
-        return out
+        return learning_rates(self.opts["lr"], self.opts["lrs"])
 
     def run(self, ctx) -> dict:
         o, rep = dict(self.opts), self.representation()

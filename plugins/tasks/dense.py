@@ -125,6 +125,15 @@ def tokens_to_maps(out: dict, names: Sequence[str], grid: tuple[int, int], prefi
     return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
 
+def learning_rates(lr: float, lrs) -> list[float]:
+    """``lr`` first, then the further rates of ``lrs`` not already listed (the heads trained in lockstep)."""
+    out = [float(lr)]
+    for v in lrs or []:
+        if float(v) not in out:
+            out.append(float(v))
+    return out
+
+
 def warmup_poly_lr(base: float, it: int, total: int, warmup: int, warmup_ratio: float, power: float = 1.0,
                    min_lr: float = 0.0) -> float:
     """mmcv 1.x ``poly`` with linear warmup (the paper's segmentation schedule), at iteration ``it``

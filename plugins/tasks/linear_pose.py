@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from harness import HarnessError, Option, Task, hookimpl
 from harness.api import FeatureRequest, KeypointSamples
 
-from .dense import DenseMaps, DerivedSamples, HeadBank, tokens_to_maps
+from .dense import DenseMaps, DerivedSamples, HeadBank, learning_rates, tokens_to_maps
 from .pose_codec import PoseCodec, instance_scores, joints_mse_loss
 from .pose_eval import STAT_NAMES, evaluate_keypoints, keypoint_results
 
@@ -110,11 +110,7 @@ class LinearPose(Task):
         return [f"block.{b}" for b in self.opts["blocks"]]
 
     def lr_list(self) -> list[float]:
-        out = [float(self.opts["lr"])]
-        for lr in self.opts["lrs"] or []:
-            if float(lr) not in out:
-                out.append(float(lr))
-        return out
+        return learning_rates(self.opts["lr"], self.opts["lrs"])
 
     def check(self, encoder, dataset) -> None:
         for r in self._reps():

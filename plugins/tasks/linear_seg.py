@@ -38,7 +38,7 @@ from PIL import Image
 from harness import HarnessError, Option, Task, hookimpl
 from harness.api import FeatureRequest, SegSamples
 
-from .dense import DenseMaps, DerivedSamples, HeadBank, tokens_to_maps, warmup_poly_lr
+from .dense import DenseMaps, DerivedSamples, HeadBank, learning_rates, tokens_to_maps, warmup_poly_lr
 
 DEFAULT_BLOCKS = [3, 5, 7, 11]
 
@@ -290,11 +290,7 @@ class LinearSeg(Task):
         return self._run_fast(ctx)
 
     def lr_list(self) -> list[float]:
-        out = [float(self.opts["lr"])]
-        for lr in self.opts["lrs"] or []:
-            if float(lr) not in out:
-                out.append(float(lr))
-        return out
+        return learning_rates(self.opts["lr"], self.opts["lrs"])
 
     # -- fast ---------------------------------------------------------------------------------------
     def _run_fast(self, ctx) -> dict:
