@@ -33,16 +33,21 @@ import math
 import os
 import shutil
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from harness import Dataset, HarnessError, Option, hookimpl
+from harness.api import SegSamples
 
 from . import coco as coco_mod
 from . import cub as cub_mod
-from ._common import expand, positive
+from . import synthetic_objects
+from ._common import expand, need_dir, need_file, positive
 from .part_crops import crop_samples
 from .seg_folders import folder_samples
 
@@ -91,11 +96,9 @@ def _hue(rgb, turn: float) -> np.ndarray:
     return np.array(colorsys.hls_to_rgb((h + turn) % 1.0, ls, sat)) * 255.0
 
 
-def _render(rng: np.random.Generator, size: int, hue_jitter: float = 0.0):
-    """One image: (RGB uint8 [H,W,3], part label map, object info dict)."""
+def _background(rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Random two-colour ramp with muted distractor blobs (float [H,W,3]; noise is added at the end)."""
     H = W = size
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    # background: random two-colour ramp + blobs + noise
     c0, c1 = rng.uniform(60, 200, 3), rng.uniform(60, 200, 3)
     ang = rng.uniform(0, 2 * np.pi)
     ramp = ((xx * math.cos(ang) + yy * math.sin(ang)) / (size * 1.5) + 0.5).clip(0, 1)[..., None]
@@ -108,6 +111,14 @@ def _render(rng: np.random.Generator, size: int, hue_jitter: float = 0.0):
         draw.ellipse([cx - r, cy - r * rng.uniform(0.5, 1.0), cx + r, cy + r * rng.uniform(0.5, 1.0)], fill=255)
     blobs = np.asarray(bg) > 0
     img[blobs] = img[blobs] * 0.6 + rng.uniform(70, 170, 3) * 0.4
+    return img
+
+
+def _render(rng: np.random.Generator, size: int, hue_jitter: float = 0.0):
+    """One image: (RGB uint8 [H,W,3], part label map, object info dict)."""
+    H = W = size
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    img = _background(rng, size, xx, yy)
 
     sp = int(rng.integers(len(SPECIES)))
     _, body_rgb, (brx, bry), head_shift = SPECIES[sp]
@@ -188,7 +199,7 @@ def _render(rng: np.random.Generator, size: int, hue_jitter: float = 0.0):
     obj = labels > 0
     ys, xs = np.nonzero(obj)
     bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-    return rgb, labels, {"species": sp, "keypoints": kps, "bbox": bbox, "object_mask": obj}
+    return rgb, labels, {"label": sp, "keypoints": kps, "bbox": bbox, "object_mask": obj}
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -202,48 +213,102 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
 
 
-def _palette_png(labels: np.ndarray, path: Path) -> None:
+BIRD_PALETTE = [0, 0, 0, 230, 159, 0, 213, 94, 0, 0, 114, 178, 240, 228, 66, 0, 158, 115]
+OBJECT_PALETTE = BIRD_PALETTE + [204, 121, 167, 86, 180, 233, 120, 120, 120, 255, 255, 255]
+
+
+def _palette_png(labels: np.ndarray, path: Path, pal=BIRD_PALETTE) -> None:
     im = Image.fromarray(labels, mode="L").convert("P")
-    pal = [0, 0, 0, 230, 159, 0, 213, 94, 0, 0, 114, 178, 240, 228, 66, 0, 158, 115]
-    im.putpalette(pal + [0] * (768 - len(pal)))
+    im.putpalette(list(pal) + [0] * (768 - len(pal)))
     im.save(path, optimize=False)
 
 
-def generate(root: Path, num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0) -> None:
+@dataclass(frozen=True)
+class Family:
+    """What the writer needs to know about one generator family (``kind``)."""
+
+    kind: str
+    version: int
+    class_names: Sequence[str]  # object classes (CUB class folders, COCO instance categories)
+    supercategory: str
+    cub_parts: Sequence[str]  # parts/parts.txt, 1-based
+    cub_id: dict  # keypoint name -> CUB part id
+    coco_category: dict  # the person_keypoints category (name, supercategory, keypoints, skeleton)
+    coco_id: dict  # keypoint name -> 1-based COCO keypoint id
+    seg_parts: Sequence[str]  # seg/parts/classes.txt (0 = background)
+    palette: Sequence[int]
+    cub_keypoints: Sequence[int]  # default part ids read back
+    coco_keypoints: Sequence[int]
+    render: Callable  # (rng, size, hue_jitter) -> (rgb, part labels, info)
+    description: str
+
+
+BIRDS = Family(
+    kind="birds", version=VERSION, class_names=[s[0] for s in SPECIES], supercategory="bird",
+    cub_parts=CUB_PARTS, cub_id=CUB_ID,
+    coco_category={"name": "person", "supercategory": "person", "keypoints": COCO_KEYPOINTS,
+                   "skeleton": COCO_SKELETON},
+    coco_id=COCO_ID, seg_parts=SEG_PARTS, palette=BIRD_PALETTE, cub_keypoints=cub_mod.DEFAULT_KEYPOINTS,
+    coco_keypoints=coco_mod.DEFAULT_KEYPOINTS, render=_render, description="partbench synthetic_parts")
+OBJECTS = Family(
+    kind="objects", version=1, class_names=synthetic_objects.CLASS_NAMES, supercategory="object",
+    cub_parts=synthetic_objects.KEYPOINTS, cub_id={n: i + 1 for i, n in enumerate(synthetic_objects.KEYPOINTS)},
+    coco_category={"name": "object", "supercategory": "object", "keypoints": synthetic_objects.KEYPOINTS,
+                   "skeleton": [[1, k] for k in range(2, len(synthetic_objects.KEYPOINTS) + 1)]},
+    coco_id={n: i + 1 for i, n in enumerate(synthetic_objects.KEYPOINTS)}, seg_parts=synthetic_objects.SEG_PARTS,
+    palette=OBJECT_PALETTE, cub_keypoints=[2, 3, 4, 5], coco_keypoints=[2, 3, 4, 5],
+    render=lambda rng, size, hue_jitter: synthetic_objects.render(rng, size, _background),
+    description="partbench synthetic_parts (objects)")
+FAMILIES = {f.kind: f for f in (BIRDS, OBJECTS)}
+
+
+def _family(kind: str, hue_jitter: float) -> Family:
+    if kind not in FAMILIES:
+        raise HarnessError(f"synthetic_parts: unknown kind {kind!r} (expected one of {', '.join(FAMILIES)})")
+    if kind != "birds" and hue_jitter:
+        raise HarnessError(f"synthetic_parts: hue_jitter applies to kind 'birds' only (kind {kind!r} already "
+                           "draws every part's colour at random)")
+    return FAMILIES[kind]
+
+
+def generate(root: Path, num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0,
+             kind: str = "birds") -> None:
     """Write the whole synthetic tree into ``root`` (which must not exist)."""
+    fam = _family(kind, hue_jitter)
     cub = root / "CUB_200_2011"
     coco = root / "coco"
     seg = root / "seg"
     for d in (cub / "parts", coco / "annotations", coco / "images" / "train2017", coco / "images" / "val2017"):
         d.mkdir(parents=True, exist_ok=True)
-    for kind in ("parts", "objects"):
+    for which in ("parts", "objects"):
         for sub in ("img_dir", "ann_dir"):
             for s in ("train", "val"):
-                (seg / kind / sub / s).mkdir(parents=True, exist_ok=True)
-    for i, (name, *_r) in enumerate(SPECIES):
+                (seg / which / sub / s).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(fam.class_names):
         (cub / "images" / f"{i + 1:03d}.{name}").mkdir(parents=True, exist_ok=True)
 
     images_txt, labels_txt, split_txt, bbox_txt, locs_txt = [], [], [], [], []
     coco_json = {s: {"kp_images": [], "kp_anns": [], "obj_anns": []} for s in ("train2017", "val2017")}
+    n_coco = len(fam.coco_category["keypoints"])
     for i in range(num_images):
         rng = np.random.default_rng([seed, i])
-        rgb, labels, info = _render(rng, image_size, hue_jitter)
+        rgb, labels, info = fam.render(rng, image_size, hue_jitter)
         is_train = bool(rng.random() < 0.5)
-        iid, sp = i + 1, info["species"]
+        iid, sp = i + 1, info["label"]
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="JPEG", quality=92)
         jpg = buf.getvalue()
-        cls_dir = f"{sp + 1:03d}.{SPECIES[sp][0]}"
-        rel = f"{cls_dir}/{SPECIES[sp][0]}_{iid:04d}.jpg"
+        cls_dir = f"{sp + 1:03d}.{fam.class_names[sp]}"
+        rel = f"{cls_dir}/{fam.class_names[sp]}_{iid:04d}.jpg"
         (cub / "images" / rel).write_bytes(jpg)
         images_txt.append(f"{iid} {rel}")
         labels_txt.append(f"{iid} {sp + 1}")
         split_txt.append(f"{iid} {int(is_train)}")
         bx, by, bw, bh = info["bbox"]
         bbox_txt.append(f"{iid} {float(bx)} {float(by)} {float(bw)} {float(bh)}")
-        kps = info["keypoints"]
-        by_cub = {CUB_ID[n]: kps[n] for n in CUB_ID}
-        for pid in range(1, len(CUB_PARTS) + 1):
+        kps = info["keypoints"]  # name -> (x, y, visible); absent parts are not listed
+        by_cub = {fam.cub_id[n]: kps[n] for n in fam.cub_id if n in kps}
+        for pid in range(1, len(fam.cub_parts) + 1):
             x, y, v = by_cub.get(pid, (0.0, 0.0, False))
             locs_txt.append(f"{iid} {pid} {x if v else 0.0} {y if v else 0.0} {int(v)}")
 
@@ -252,13 +317,16 @@ def generate(root: Path, num_images: int, image_size: int, seed: int, hue_jitter
         (coco / "images" / cset / fname).write_bytes(jpg)
         stem = f"{iid:06d}"
         split = "train" if is_train else "val"
-        for kind in ("parts", "objects"):
-            (seg / kind / "img_dir" / split / f"{stem}.jpg").write_bytes(jpg)
-        _palette_png(labels, seg / "parts" / "ann_dir" / split / f"{stem}.png")
-        _palette_png((info["object_mask"] * (sp + 1)).astype(np.uint8), seg / "objects" / "ann_dir" / split / f"{stem}.png")
+        for which in ("parts", "objects"):
+            (seg / which / "img_dir" / split / f"{stem}.jpg").write_bytes(jpg)
+        _palette_png(labels, seg / "parts" / "ann_dir" / split / f"{stem}.png", fam.palette)
+        _palette_png((info["object_mask"] * (sp + 1)).astype(np.uint8), seg / "objects" / "ann_dir" / split / f"{stem}.png",
+                     fam.palette)
 
-        flat = [0] * (3 * len(COCO_KEYPOINTS))
-        for n, k in COCO_ID.items():
+        flat = [0] * (3 * n_coco)
+        for n, k in fam.coco_id.items():
+            if n not in kps:
+                continue  # an absent part is unlabelled (v=0)
             x, y, v = kps[n]
             # an occluded part is "labelled but not visible" (v=1); off-image is unlabelled (v=0)
             inside = 0 <= x < image_size and 0 <= y < image_size
@@ -280,29 +348,32 @@ def generate(root: Path, num_images: int, image_size: int, seed: int, hue_jitter
     lines(cub / "image_class_labels.txt", labels_txt)
     lines(cub / "train_test_split.txt", split_txt)
     lines(cub / "bounding_boxes.txt", bbox_txt)
-    lines(cub / "classes.txt", [f"{i + 1} {i + 1:03d}.{s[0]}" for i, s in enumerate(SPECIES)])
-    lines(cub / "parts" / "parts.txt", [f"{i + 1} {n}" for i, n in enumerate(CUB_PARTS)])
+    lines(cub / "classes.txt", [f"{i + 1} {i + 1:03d}.{s}" for i, s in enumerate(fam.class_names)])
+    lines(cub / "parts" / "parts.txt", [f"{i + 1} {n}" for i, n in enumerate(fam.cub_parts)])
     lines(cub / "parts" / "part_locs.txt", locs_txt)
-    info = {"description": "partbench synthetic_parts", "version": str(VERSION)}
+    info = {"description": fam.description, "version": str(fam.version)}
     for cset, d in coco_json.items():
-        kp_cat = [{"id": 1, "name": "person", "supercategory": "person", "keypoints": COCO_KEYPOINTS,
-                   "skeleton": COCO_SKELETON}]
-        obj_cats = [{"id": i + 1, "name": s[0], "supercategory": "bird"} for i, s in enumerate(SPECIES)]
+        kp_cat = [{"id": 1, **fam.coco_category}]
+        obj_cats = [{"id": i + 1, "name": s, "supercategory": fam.supercategory} for i, s in enumerate(fam.class_names)]
         for name, anns, cats in (("person_keypoints", d["kp_anns"], kp_cat), ("instances", d["obj_anns"], obj_cats)):
             doc = {"info": info, "licenses": [], "images": d["kp_images"], "annotations": anns, "categories": cats}
             (coco / "annotations" / f"{name}_{cset}.json").write_text(json.dumps(doc))
-    for kind, names in (("parts", SEG_PARTS), ("objects", ["background"] + [s[0] for s in SPECIES])):
-        lines(seg / kind / "classes.txt", names)
+    for which, names in (("parts", fam.seg_parts), ("objects", ["background", *fam.class_names])):
+        lines(seg / which / "classes.txt", names)
 
 
-def params(num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0) -> dict:
-    return {"generator": "partbench synthetic_parts", "version": VERSION, "num_images": num_images,
-            "image_size": image_size, "seed": seed, "hue_jitter": float(hue_jitter)}
+def params(num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0, kind: str = "birds") -> dict:
+    out = {"generator": "partbench synthetic_parts", "version": VERSION, "num_images": num_images,
+           "image_size": image_size, "seed": seed, "hue_jitter": float(hue_jitter)}
+    if kind != "birds":  # birds keep their original marker, so existing generations stay valid
+        out.update(kind=kind, version=_family(kind, hue_jitter).version)
+    return out
 
 
-def ensure(root: Path, num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0) -> Path:
+def ensure(root: Path, num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0,
+           kind: str = "birds") -> Path:
     """Generate ``root`` unless it already holds this exact generation (atomic: temp dir + rename)."""
-    want = params(num_images, image_size, seed, hue_jitter)
+    want = params(num_images, image_size, seed, hue_jitter, kind)
     marker = root / MARKER
     if marker.is_file():
         try:
@@ -316,7 +387,7 @@ def ensure(root: Path, num_images: int, image_size: int, seed: int, hue_jitter: 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        generate(tmp, num_images, image_size, seed, hue_jitter)
+        generate(tmp, num_images, image_size, seed, hue_jitter, kind)
         (tmp / MARKER).write_text(json.dumps(want, indent=1))
         old = None
         if root.exists():  # a stale generation (other parameters): swap it out, then delete it
@@ -336,8 +407,10 @@ def ensure(root: Path, num_images: int, image_size: int, seed: int, hue_jitter: 
     return root
 
 
-def default_root(num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0) -> Path:
+def default_root(num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0, kind: str = "birds") -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "partbench" / "synthetic_parts"
+    if kind != "birds":
+        return base / f"{kind}-n{num_images}-s{image_size}-seed{seed}-v{_family(kind, hue_jitter).version}"
     hue = f"-hue{hue_jitter:g}" if hue_jitter else ""
     return base / f"n{num_images}-s{image_size}-seed{seed}{hue}-v{VERSION}"
 
@@ -345,29 +418,54 @@ def default_root(num_images: int, image_size: int, seed: int, hue_jitter: float 
 SEG_FORMATS = {"seg_parts": "parts", "seg_objects": "objects"}
 
 
+def read_objects(coco_root: Path, split: str):
+    """Every object of the split as a square crop around its box (the coco_objects reader with no box
+    dropped); ``all`` = train2017 followed by val2017."""
+    items, summary, classes = [], {"sets": {}}, None
+    for s in ("train", "test") if split == "all" else (split,):
+        ann, img = coco_mod.locate(coco_root, None, None, "instances", s)
+        its, cls, summ = coco_mod.read_coco_objects(ann, img, 1.0, math.inf)
+        if classes is not None and cls != classes:
+            raise HarnessError(f"{ann}: categories differ from the train2017 file's")
+        classes = cls
+        items += its
+        summary["sets"][coco_mod.SET_OF_SPLIT[s]] = summ
+    per_class = Counter(lab for _, lab, _, _ in items)
+    summary.update(kept=len(items), per_class={classes[c]: per_class.get(c, 0) for c in range(len(classes))})
+    files = [v["annotation_file"] for v in summary["sets"].values()]
+    return items, classes, summary, files
+
+
+FORMATS = ["cub", "coco", "coco_objects", "objects", "keypoints", *SEG_FORMATS]
+PART_FORMATS = ("cub", "coco")
+
+
 class SyntheticParts(Dataset):
-    """Procedural part dataset written in CUB / COCO formats and read back by the real loaders."""
+    """Procedural part/object dataset written in CUB / COCO / mmseg formats and read back by the real loaders."""
 
     splits = ("all", "train", "test")
     options = {
         "root": Option(str, None, "where to write the generated tree (default: "
                        "$XDG_CACHE_HOME/partbench/synthetic_parts/<parameters>)", path="dir",
                        must_exist=False, nullable=True),
+        "kind": Option(str, "birds", "generator family: birds (four species, fixed part colours) or objects "
+                       "(class = which part types sit where; every part's colour and texture random)",
+                       choices=list(FAMILIES)),
         "num_images": Option(int, 80, "number of images", check=positive),
         "image_size": Option(int, 192, "image side in pixels",
                              check=lambda v: None if 64 <= v <= 2048 else "must be in [64, 2048]"),
         "seed": Option(int, 0, "generation seed"),
-        "hue_jitter": Option(float, 0.0, "per-part random hue rotation, as a fraction of the colour circle "
-                             "(0: parts keep their colours; 1: colour carries no part information, only "
+        "hue_jitter": Option(float, 0.0, "kind birds: per-part random hue rotation, as a fraction of the colour "
+                             "circle (0: parts keep their colours; 1: colour carries no part information, only "
                              "shape and texture do)", check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
-        "format": Option(str, "cub", "which published format to read back (cub, coco = person keypoints, "
-                         "coco_objects = instances boxes, seg_parts / seg_objects = mmseg img_dir/ann_dir "
-                         "part or object masks, splits train/val, keypoints = whole-object boxes with their "
-                         "COCO person keypoints for pose)",
-                         choices=["cub", "coco", "coco_objects", "keypoints", *SEG_FORMATS]),
-        "keypoints": Option(list, None, "keypoint ids in the chosen format (default: the official lists, "
-                            "CUB 11,12,9,14 / COCO 1,11,16)", nullable=True,
-                            check=lambda v: None if v is None else cub_mod._check_ids(v)),
+        "format": Option(str, "cub", "what to read back: part crops (cub, coco = person_keypoints file), object "
+                         "crops (coco_objects = instances boxes with the coco_objects square rule; objects = "
+                         "every object, all = train+val), or segmentation maps (seg_parts, seg_objects: "
+                         "mmseg img_dir/ann_dir, splits train/val), or keypoints (one box per object with its COCO-format "
+                         "keypoints, for pose)", choices=FORMATS),
+        "keypoints": Option(list, None, "formats cub/coco: keypoint ids in the chosen format (default: birds "
+                            "CUB 11,12,9,14 / COCO 1,11,16; objects 2,3,4,5 = disc, square, triangle, cross)",
+                            nullable=True, check=lambda v: None if v is None else cub_mod._check_ids(v)),
         "distance": Option(str, "within_person", "COCO distance rule (see coco_parts)",
                            choices=["within_person", "official_annid"]),
     }
@@ -377,32 +475,51 @@ class SyntheticParts(Dataset):
     hierarchy = "synthetic_parts"
 
     @property
-    def level(self) -> str:  # type: ignore[override]
-        return "object" if self.opts.get("format") in ("coco_objects", "seg_objects") else "part"
+    def level(self) -> str | None:  # type: ignore[override]
+        fmt = self.opts.get("format")
+        if fmt == "keypoints":  # whole-object poses: neither level
+            return None
+        return "object" if fmt in ("coco_objects", "objects", "seg_objects") else "part"
 
     @property
     def splits(self):  # type: ignore[override]
         return ("train", "val") if self.opts.get("format") in SEG_FORMATS else ("all", "train", "test")
 
+    def _o(self, key, default):
+        v = self.opts.get(key)
+        return default if v is None else v
+
+    def _params(self) -> tuple:
+        return (self._o("num_images", 80), self._o("image_size", 192), self._o("seed", 0),
+                self._o("hue_jitter", 0.0), self._o("kind", "birds"))
+
     def _root(self) -> Path:
-        o = self.opts
-        r = o.get("root")
-        return expand(r) if r else default_root(o.get("num_images", 80), o.get("image_size", 192), o.get("seed", 0),
-                                                o.get("hue_jitter", 0.0))
+        r = self.opts.get("root")
+        return expand(r) if r else default_root(*self._params())
+
+    def validate(self) -> None:
+        _family(self._o("kind", "birds"), self._o("hue_jitter", 0.0))
+        fmt = self._o("format", "cub")
+        if self.opts.get("keypoints") is not None and fmt not in PART_FORMATS:
+            raise ValueError(f"option 'keypoints' applies to formats {', '.join(PART_FORMATS)}, not {fmt!r}")
 
     def prepare(self) -> None:
-        o = self.opts
-        ensure(self._root(), o.get("num_images", 80), o.get("image_size", 192), o.get("seed", 0),
-               o.get("hue_jitter", 0.0))
+        ensure(self._root(), *self._params())
 
     def load(self, split: str):
         if split not in self.splits:
             raise HarnessError(f"dataset '{self.name}': unknown split '{split}' (expected one of {self.splits})")
+        try:
+            self.validate()
+        except ValueError as exc:
+            raise HarnessError(f"dataset '{self.name}': {exc}") from None
         self.prepare()
-        root, fmt, kps = self._root(), self.opts.get("format", "cub"), self.opts.get("keypoints")
+        root, fmt, kps = self._root(), self._o("format", "cub"), self.opts.get("keypoints")
+        fam = FAMILIES[self._o("kind", "birds")]
+        files = [root / MARKER]
         if fmt in SEG_FORMATS:
             return self._seg(root, SEG_FORMATS[fmt], split)
-        if fmt == "keypoints":  # top-down pose: one box per object, COCO person keypoints
+        if fmt == "keypoints":  # top-down pose: one box per object with its COCO-format keypoints
             from .coco_persons import read_persons
 
             samples = read_persons(*coco_mod.locate(root / "coco", None, None, "person_keypoints", split))
@@ -412,31 +529,36 @@ class SyntheticParts(Dataset):
             err = cub_mod._check_ids(kps) if kps is not None else None
             if err:
                 raise HarnessError(f"dataset '{self.name}': option 'keypoints': {err}")
-            items, classes, summary = cub_mod.read_cub_parts(root / "CUB_200_2011", kps or cub_mod.DEFAULT_KEYPOINTS,
+            items, classes, summary = cub_mod.read_cub_parts(root / "CUB_200_2011", list(kps or fam.cub_keypoints),
                                                              split)
         elif fmt == "coco":
             err = coco_mod._check_ids(kps) if kps is not None else None
             if err:
                 raise HarnessError(f"dataset '{self.name}': option 'keypoints': {err}")
             ann, img = coco_mod.locate(root / "coco", None, None, "person_keypoints", split)
-            items, classes, summary = coco_mod.read_coco_parts(ann, img, kps or coco_mod.DEFAULT_KEYPOINTS,
-                                                               self.opts.get("distance", "within_person"))
-        else:
+            items, classes, summary = coco_mod.read_coco_parts(ann, img, list(kps or fam.coco_keypoints),
+                                                               self._o("distance", "within_person"))
+        elif fmt == "coco_objects":
             ann, img = coco_mod.locate(root / "coco", None, None, "instances", split)
             items, classes, summary = coco_mod.read_coco_objects(ann, img, 32.0, 1.25)
+        else:  # objects
+            items, classes, summary, ann_files = read_objects(root / "coco", split)
+            files += ann_files
         summary.update(split=split, format=fmt, root=str(root))
-        return crop_samples(items, classes, summary, files=[root / MARKER])
-
+        if fam.kind != "birds":
+            summary["kind"] = fam.kind
+        return crop_samples(items, classes, summary, files=files)
 
     def _seg(self, root: Path, kind: str, split: str):
         """The part or object masks as an mmseg folder dataset; one window covers the whole image."""
         seg = root / "seg" / kind
         classes = [c.strip() for c in (seg / "classes.txt").read_text().splitlines() if c.strip()][1:]
-        side = self.opts.get("image_size", 192)
+        side = self._o("image_size", 192)
         crop = max(16, side // 16 * 16)  # a multiple of the usual patch sizes
         defaults = {"scale": [side, side], "crop": [crop, crop], "stride": [crop, crop]}
         samples = folder_samples(root, seg / "img_dir" / split, seg / "ann_dir" / split, classes, defaults, split)
-        samples.summary.update(format=f"seg_{kind}", root=str(root))
+        samples.summary.update(format=f"seg_{kind}", kind=self._o("kind", "birds"), root=str(root))
+        samples.files.append(str(root / MARKER))
         return samples
 
 
