@@ -472,7 +472,9 @@ class SyntheticParts(Dataset):
 
     # the part crops and part masks are part-level, the object boxes and object masks object-level: the
     # report pairs them (Fig. 7) within this hierarchy
-    hierarchy = "synthetic_parts"
+    @property
+    def hierarchy(self) -> str:  # type: ignore[override]
+        return f"synthetic_{self._o('kind', 'birds')}"  # the birds and the objects are separate pairs
 
     @property
     def level(self) -> str | None:  # type: ignore[override]
