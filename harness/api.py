@@ -394,6 +394,12 @@ class TaskContext:
         """One frozen forward of a normalised batch through the executor (counted in ``forwards``)."""
         raise NotImplementedError
 
+    def stream(self, source: "str | Samples", reps: Sequence[str], transform: str = "resize:224",
+               indices: Sequence[int] | None = None, batch: int | None = None):
+        """Features computed on the fly and not cached (the streaming modes that re-encode every epoch):
+        yields (item indices, {name: float32 tensor on the device}) for ``indices`` (default all)."""
+        raise NotImplementedError
+
     def progress(self, iterable, desc: str = "", total: int | None = None, **kw):
         """Wrap a long loop: a bar on a terminal, periodic one-line progress in logs."""
         return iterable
