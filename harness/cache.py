@@ -123,19 +123,24 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
 
-    _verified: set = set()  # entries whose checksum this process has checked (per path)
+    # entries whose checksum this process has checked, by (path, size, mtime): a file changed since
+    # (rewritten, or corrupted between two runs of one process) is checked again
+    _verified: set = set()
 
     def get(self, key: str, mmap: bool = True):
         p = self.path(key)
-        if not p.is_file():
+        try:
+            st = p.stat()
+        except OSError:
             return None
-        if str(p) not in self._verified:
+        token = (str(p), st.st_size, st.st_mtime_ns)
+        if token not in self._verified:
             problem = self.check(p)
             if problem:
                 warnings.warn(f"feature cache entry {p}: {problem}; removed, it will be recomputed")
                 self.remove(p)
                 return None
-            self._verified.add(str(p))
+            self._verified.add(token)
             try:  # the metadata's mtime records the entry's last use (harness cache ls / prune)
                 os.utime(self.meta_path(p))
             except OSError:
@@ -170,7 +175,7 @@ class FeatureCache:
                 q.unlink()
             except OSError:
                 pass
-        self._verified.discard(str(p))
+        self._verified.difference_update({t for t in self._verified if t[0] == str(p)})
 
     def last_used(self, p: Path) -> float:
         """When the entry was last read by a run (first read per process) or written, as a timestamp."""

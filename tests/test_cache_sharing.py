@@ -1,4 +1,4 @@
-"""A feature cache shared by hosts or containers: a run's sweep never removes another live writer's
+"""A feature cache shared by hosts or containers, or read by several runs of one process: a sweep never removes another live writer's
 temporary; `harness cache prune` by size and by last use (least recently used first)."""
 import os
 import subprocess
@@ -122,3 +122,27 @@ def test_prune_by_age_counts_from_the_last_use(tmp_path, capsys):
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
     row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(written_long_ago.stem[:12]))
     assert row.split()[-4:] == ["60.0", "d", "0.0", "d"], (out, row)  # age, last used
+
+
+SPEC = """
+encoders: {stats: {plugin: toy_stats}}
+datasets: {colours: {plugin: toy_colours, options: {n: 9}}}
+tasks: {c: {plugin: toy_centroid, options: {representation: tokens}}}
+"""
+
+
+def test_an_entry_changed_after_its_check_is_checked_again_in_the_same_process(tmp_path, toy_plugins):
+    """Two runs in one Python process (a notebook, a script calling run_spec): an entry corrupted between
+    them was used silently, because the first check was remembered by path alone."""
+    from harness.runner import run_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    (first,) = run_spec(spec, tmp_path / "a", plugins=toy_plugins, cache_dir=tmp_path / "c")
+    (entry,) = FeatureCache(tmp_path / "c").entries()
+    with open(entry, "r+b") as f:
+        f.seek(entry.stat().st_size - 64)
+        f.write(b"\0" * 64)
+    with pytest.warns(UserWarning, match=rf"feature cache entry {entry}: checksum mismatch"):
+        (second,) = run_spec(spec, tmp_path / "b", plugins=toy_plugins, cache_dir=tmp_path / "c")
+    assert second["forwards"] == first["forwards"] == 9 and second["metrics"] == first["metrics"]
