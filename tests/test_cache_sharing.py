@@ -1,5 +1,6 @@
-"""A feature cache shared by hosts or containers, or read by several runs of one process: a sweep never removes another live writer's
-temporary; `harness cache prune` by size and by last use (least recently used first)."""
+"""A feature cache shared by hosts or containers, or read by several runs of one process: a sweep never
+removes another live writer's temporary, a changed entry is checked again; `harness cache prune` by size
+and by last use (least recently used first)."""
 import os
 import subprocess
 import sys
