@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +25,26 @@ from .api import HarnessError
 
 CACHE_VERSION = 2  # 2: checksummed entries
 _TMP = ".tmp-"
-_PID = re.compile(r"\.tmp-(\d+)")
+# a temporary of an entry: ".tmp-<domain>-<pid>-<key>.npy" or "<key>.json.tmp-<domain>-<pid>"
+_WRITER = re.compile(r"\.tmp-(?P<domain>[A-Za-z0-9_.]+)-(?P<pid>\d+)(?:-[0-9a-f]{64}\.npy)?$")
+
+
+def _pid_domain() -> str:
+    """Where a pid means one process: this host's name and, where /proc tells it, its PID namespace (a
+    container sharing the cache with its host or with other containers has its own pids)."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "localhost"
+    try:
+        return f"{host}.pidns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
+
+
+PID_DOMAIN = _pid_domain()
+
+
+def writer_tag() -> str:
+    """'<domain>-<pid>' of this process, in the names of the temporaries it writes."""
+    return f"{PID_DOMAIN}-{os.getpid()}"
 HASH_CHUNK = 1 << 22
 
 
@@ -103,19 +123,28 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
 
-    _verified: set = set()  # entries whose checksum this process has checked (per path)
+    # entries whose checksum this process has checked, by (path, size, mtime): a file changed since
+    # (rewritten, or corrupted between two runs of one process) is checked again
+    _verified: set = set()
 
     def get(self, key: str, mmap: bool = True):
         p = self.path(key)
-        if not p.is_file():
+        try:
+            st = p.stat()
+        except OSError:
             return None
-        if str(p) not in self._verified:
+        token = (str(p), st.st_size, st.st_mtime_ns)
+        if token not in self._verified:
             problem = self.check(p)
             if problem:
                 warnings.warn(f"feature cache entry {p}: {problem}; removed, it will be recomputed")
                 self.remove(p)
                 return None
-            self._verified.add(str(p))
+            self._verified.add(token)
+            try:  # the metadata's mtime records the entry's last use (harness cache ls / prune)
+                os.utime(self.meta_path(p))
+            except OSError:
+                pass
         try:
             return np.load(p, mmap_mode="r" if mmap else None)
         except (ValueError, OSError, EOFError):
@@ -146,7 +175,17 @@ class FeatureCache:
                 q.unlink()
             except OSError:
                 pass
-        self._verified.discard(str(p))
+        self._verified.difference_update({t for t in self._verified if t[0] == str(p)})
+
+    def last_used(self, p: Path) -> float:
+        """When the entry was last read by a run (first read per process) or written, as a timestamp."""
+        times = []
+        for q in (p, self.meta_path(p)):
+            try:
+                times.append(q.stat().st_mtime)
+            except OSError:
+                pass
+        return max(times, default=0.0)
 
     def entries(self) -> list[Path]:
         return sorted(self.root.glob("*/*.npy")) if self.root.is_dir() else []
@@ -155,15 +194,16 @@ class FeatureCache:
         return _Writer(self, key, shape, dtype, meta)
 
     def sweep_stale(self, older_than_s: float = 3600) -> int:
-        """Remove temporaries of killed runs: those whose writer process (the pid in the name) is gone,
-        and any other temporary older than an hour (concurrent live runs keep theirs)."""
+        """Remove temporaries of killed runs: at once those whose writer process (domain and pid in the
+        name) is gone, and any other temporary (written in another host's or container's pid space,
+        whose liveness cannot be seen from here) after an hour, so concurrent live runs keep theirs."""
         n, now = 0, time.time()
         if not self.root.is_dir():
             return 0
-        for p in list(self.root.glob(f"*/{_TMP}*")) + list(self.root.glob(f"*/*{_TMP}*")):
-            m = _PID.search(p.name)
+        for p in set(self.root.glob(f"*/{_TMP}*")) | set(self.root.glob(f"*/*{_TMP}*")):
+            m = _WRITER.search(p.name)
             try:
-                dead = m is not None and not pid_alive(int(m.group(1)))
+                dead = m is not None and m["domain"] == PID_DOMAIN and not pid_alive(int(m["pid"]))
                 if dead or now - p.stat().st_mtime > older_than_s:
                     p.unlink()
                     n += 1
@@ -178,7 +218,7 @@ class _Writer:
 
     def __init__(self, cache: FeatureCache, key: str, shape: tuple, dtype, meta: dict):
         self.final = cache.path(key)
-        self.tmp = self.final.parent / f"{_TMP}{os.getpid()}-{key}.npy"
+        self.tmp = self.final.parent / f"{_TMP}{writer_tag()}-{key}.npy"
         self.meta = meta
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(v) for v in shape)
@@ -216,7 +256,7 @@ class _Writer:
             raise io_error(self.tmp, exc, "writing a feature cache entry") from None
 
     def commit(self) -> None:
-        meta_tmp = self.final.with_suffix(f".json{_TMP}{os.getpid()}")
+        meta_tmp = self.final.with_suffix(f".json{_TMP}{writer_tag()}")
         try:
             self._f.flush()
             os.fsync(self._f.fileno())
@@ -232,7 +272,10 @@ class _Writer:
                 meta_tmp.unlink()
             except OSError:
                 pass
-            raise io_error(self.final.parent, exc, "committing a feature cache entry") from None
+            if isinstance(exc, FileNotFoundError) and not self.tmp.exists():
+                raise HarnessError(f"{self.tmp}: removed while it was being written (by another process "
+                                   "cleaning the cache?); committing a feature cache entry") from None
+            raise io_error(exc.filename or self.final.parent, exc, "committing a feature cache entry") from None
 
     def abort(self) -> None:
         if self._f is not None:

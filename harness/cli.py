@@ -86,11 +86,13 @@ def cmd_cache(args) -> int:
     if args.action == "ls":
         rows, total = [], 0
         for p in entries:
-            m, size = meta_of(p), p.stat().st_size
-            total += size
+            m, st = meta_of(p), p.stat()
+            total += st.st_size
             rows.append([p.stem[:12], _named(m, "encoder"), _named(m, "dataset"), m.get("split", "?"),
-                         m.get("representation", "?"), f"{size / 1e6:.1f} MB", f"{(now - p.stat().st_mtime) / 86400:.1f} d"])
-        print(tabulate(rows, headers=["key", "encoder", "dataset", "split", "representation", "size", "age"]))
+                         m.get("representation", "?"), f"{st.st_size / 1e6:.1f} MB",
+                         f"{(now - st.st_mtime) / 86400:.1f} d", f"{(now - cache.last_used(p)) / 86400:.1f} d"])
+        print(tabulate(rows, headers=["key", "encoder", "dataset", "split", "representation", "size", "age",
+                                      "last used"]))
         print(f"{len(entries)} entries, {total / 1e9:.2f} GB in {cache.root}")
         return 0
     if args.action == "verify":
@@ -105,26 +107,53 @@ def cmd_cache(args) -> int:
         print(f"{len(entries)} entries checked, {len(bad)} bad")
         return 1 if bad and not args.delete else 0
     # prune
+    if args.older_than is None and not args.match and not args.all and args.max_size is None:
+        raise HarnessError("harness cache prune: say what to remove: --older-than DAYS, --max-size SIZE, "
+                           "--match TEXT or --all")
+    max_size = None if args.max_size is None else _parse_size(args.max_size)
+    sizes = {p: p.stat().st_size for p in entries}
+    used = {p: cache.last_used(p) for p in entries}
     picked = []
-    for p in entries:
-        age_days = (now - p.stat().st_mtime) / 86400
+    for p in sorted(entries, key=lambda p: used[p]):  # least recently used first
         m = meta_of(p)
         text = " ".join([_named(m, "encoder"), _named(m, "dataset"), str(m.get("split", "")),
                          str(m.get("representation", ""))])
-        if args.older_than is not None and age_days < args.older_than:
+        if args.older_than is not None and (now - used[p]) / 86400 < args.older_than:
             continue
         if args.match and args.match not in text:
             continue
         picked.append(p)
-    if args.older_than is None and not args.match and not args.all:
-        raise HarnessError("harness cache prune: say what to remove: --older-than DAYS, --match TEXT or --all")
-    freed = sum(p.stat().st_size for p in picked)
+    if max_size is not None:  # of the candidates, the least recently used until the cache fits
+        excess, keep_going = sum(sizes.values()) - max_size, []
+        for p in picked:
+            if excess <= 0:
+                break
+            keep_going.append(p)
+            excess -= sizes[p]
+        picked = keep_going
+    freed = sum(sizes[p] for p in picked)
     for p in picked:
         print(f"{'would remove' if args.dry_run else 'removed'} {p}")
         if not args.dry_run:
             cache.remove(p)
-    print(f"{len(picked)} entries, {freed / 1e9:.2f} GB {'would be ' if args.dry_run else ''}freed")
+    print(f"{len(picked)} entries, {freed / 1e9:.2f} GB {'would be ' if args.dry_run else ''}freed; "
+          f"{(sum(sizes.values()) - freed) / 1e9:.2f} GB {'would be ' if args.dry_run else ''}left")
     return 0
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2 ** 10, "MIB": 2 ** 20,
+               "GIB": 2 ** 30, "TIB": 2 ** 40}
+
+
+def _parse_size(text: str) -> int:
+    """'500MB', '20 GB', '1.5GiB', '1000' (bytes) -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _SIZE_UNITS:
+        raise HarnessError(f"harness cache prune --max-size: expected a size like 500MB, 20GB or 1.5GiB, "
+                           f"got {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
 
 
 def cmd_report(args) -> int:
@@ -233,7 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["ls", "verify", "prune"])
     c.add_argument("--cache-dir", help="feature cache directory (default $HARNESS_CACHE_DIR or ~/.cache/partbench)")
     c.add_argument("--delete", action="store_true", help="verify: remove the bad entries")
-    c.add_argument("--older-than", type=float, metavar="DAYS", help="prune: entries last written DAYS ago or more")
+    c.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="prune: entries not used (read by a run, or written) for DAYS or more")
+    c.add_argument("--max-size", metavar="SIZE",
+                   help="prune: least recently used entries until the cache holds at most SIZE (e.g. 50GB)")
     c.add_argument("--match", metavar="TEXT", help="prune: entries whose encoder/dataset/split/representation contain TEXT")
     c.add_argument("--all", action="store_true", help="prune: every entry")
     c.add_argument("--dry-run", action="store_true", help="prune: list, remove nothing")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TOY_PLUGINS
-from harness.cache import DiskFullError, FeatureCache
+from harness.cache import PID_DOMAIN, DiskFullError, FeatureCache, writer_tag
 from harness.cli import main
 from harness.runner import run_spec
 
@@ -128,9 +128,10 @@ def test_a_full_output_disk_is_one_line_and_leaves_no_temporary(spec, tmp_path, 
 def test_temporaries_of_dead_processes_are_swept_at_once(tmp_path):
     cache = FeatureCache(tmp_path)
     (tmp_path / "ab").mkdir()
-    dead = tmp_path / "ab" / ".tmp-999999999-abcd.npy"  # no such pid
-    dead_meta = tmp_path / "ab" / "abcd.json.tmp-999999999"
-    mine = tmp_path / "ab" / f".tmp-{os.getpid()}-ef01.npy"  # a live writer
+    key = "ab" + "0" * 62
+    dead = tmp_path / "ab" / f".tmp-{PID_DOMAIN}-999999999-{key}.npy"  # no such pid here
+    dead_meta = tmp_path / "ab" / f"{key}.json.tmp-{PID_DOMAIN}-999999999"
+    mine = tmp_path / "ab" / f".tmp-{writer_tag()}-{key}.npy"  # a live writer
     for p in (dead, dead_meta, mine):
         p.write_bytes(b"x")
     assert cache.sweep_stale() == 2

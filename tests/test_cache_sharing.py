@@ -1,0 +1,149 @@
+"""A feature cache shared by hosts or containers, or read by several runs of one process: a sweep never
+removes another live writer's temporary, a changed entry is checked again; `harness cache prune` by size
+and by last use (least recently used first)."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from harness import HarnessError
+from harness import cache as cache_mod
+from harness.cache import FeatureCache
+from harness.cli import main
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _temporaries(root):
+    return sorted(p.name for p in root.rglob("*") if ".tmp-" in p.name)
+
+
+def test_a_sweep_spares_a_live_writer_in_another_pid_space(tmp_path, monkeypatch):
+    """Another host or container writes into the shared cache; its pid means nothing here (here it is
+    even the pid of no process). Main swept its temporary at once and the writer's commit failed."""
+    cache = FeatureCache(tmp_path)
+    key = cache.key(x=1)
+    monkeypatch.setattr(cache_mod, "PID_DOMAIN", "otherhost.pidns4026531836", raising=False)
+    monkeypatch.setattr(cache_mod.os, "getpid", lambda pid=_dead_pid(): pid)
+    w = cache.open_writer(key, (4, 3), np.float32, {"encoder_name": "e"})
+    w.write(0, np.ones((4, 3), np.float32))
+    monkeypatch.undo()  # back to this process, which starts a run on the shared cache
+    assert cache.sweep_stale() == 0 and len(_temporaries(tmp_path)) == 1
+    w.commit()
+    np.testing.assert_array_equal(cache.get(key), np.ones((4, 3), np.float32))
+    assert _temporaries(tmp_path) == []
+
+
+def test_a_vanished_temporary_is_named_at_commit(tmp_path):
+    cache = FeatureCache(tmp_path)
+    w = cache.open_writer(cache.key(x=2), (2, 2), np.float32, {})
+    w.write(0, np.zeros((2, 2), np.float32))
+    w.tmp.unlink()
+    with pytest.raises(HarnessError) as ei:
+        w.commit()
+    assert str(ei.value).startswith(f"{w.tmp}: removed while it was being written")
+    assert _temporaries(tmp_path) == []
+
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    from harness.cache import FeatureCache
+    c = FeatureCache(sys.argv[1])
+    w = c.open_writer(c.key(x=3), (4, 8), np.float32, {"encoder_name": "e"})
+    w.write(0, np.ones((4, 8), np.float32))
+    print("written", flush=True)
+    sys.stdin.readline()
+    w.commit()
+    print("committed", flush=True)
+    """)
+
+
+def test_a_writer_in_its_own_pid_namespace_survives_a_run_starting_outside(tmp_path):
+    """The same with a real PID namespace (as a container has), where unshare is allowed."""
+    (tmp_path / "w.py").write_text(WRITER)
+    # a few processes first, so the writer's pid in its namespace is not one that is alive out here
+    cmd = ["unshare", "-p", "-f", "--mount-proc", "sh", "-c",
+           f"for i in $(seq 300); do /bin/true; done; {sys.executable} {tmp_path / 'w.py'} {tmp_path / 'c'}"]
+    try:
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        pytest.skip(f"no unshare here ({exc})")
+    line = p.stdout.readline()
+    if line != "written\n":
+        p.kill()
+        pytest.skip(f"cannot make a PID namespace here: {p.communicate()[1].strip()[:200]}")
+    try:
+        assert FeatureCache(tmp_path / "c").sweep_stale() == 0
+    finally:
+        out, err = p.communicate("\n", timeout=60)
+    assert p.returncode == 0 and out == "committed\n", err
+
+
+def _entry(cache, name, mb, used_days_ago):
+    key = cache.key(name=name)
+    w = cache.open_writer(key, (mb, 1 << 18), np.float32, {"encoder_name": name, "dataset_name": "d"})
+    w.write(0, np.zeros((mb, 1 << 18), np.float32))
+    w.commit()
+    t = time.time() - used_days_ago * 86400
+    for p in (cache.path(key), cache.meta_path(cache.path(key))):
+        os.utime(p, (t, t))
+    return cache.path(key)
+
+
+def test_prune_to_a_size_removes_the_least_recently_used(tmp_path, capsys):
+    cache = FeatureCache(tmp_path)
+    old, mid, new = _entry(cache, "old", 1, 30), _entry(cache, "mid", 1, 10), _entry(cache, "new", 1, 1)
+    args = ["cache", "prune", "--cache-dir", str(tmp_path), "--max-size", "2.5MB"]
+    assert main(args + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would remove {old}" in out and str(mid) not in out and "1 entries" in out
+    assert old.exists()
+    assert main(args[:-2] + ["--max-size", "1.1MB"]) == 0
+    assert not old.exists() and not mid.exists() and new.exists()
+    assert main(args[:-2] + ["--max-size", "lots"]) == 1
+    assert "expected a size like 500MB" in capsys.readouterr().err
+
+
+def test_prune_by_age_counts_from_the_last_use(tmp_path, capsys):
+    cache = FeatureCache(tmp_path)
+    written_long_ago = _entry(cache, "e", 1, 60)
+    cache._verified.clear()  # as in a new process: the run that reads it now
+    assert cache.get(written_long_ago.stem) is not None
+    assert main(["cache", "prune", "--cache-dir", str(tmp_path), "--older-than", "30"]) == 0
+    assert written_long_ago.exists()
+    out = capsys.readouterr().out
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(written_long_ago.stem[:12]))
+    assert row.split()[-4:] == ["60.0", "d", "0.0", "d"], (out, row)  # age, last used
+
+
+SPEC = """
+encoders: {stats: {plugin: toy_stats}}
+datasets: {colours: {plugin: toy_colours, options: {n: 9}}}
+tasks: {c: {plugin: toy_centroid, options: {representation: tokens}}}
+"""
+
+
+def test_an_entry_changed_after_its_check_is_checked_again_in_the_same_process(tmp_path, toy_plugins):
+    """Two runs in one Python process (a notebook, a script calling run_spec): an entry corrupted between
+    them was used silently, because the first check was remembered by path alone."""
+    from harness.runner import run_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    (first,) = run_spec(spec, tmp_path / "a", plugins=toy_plugins, cache_dir=tmp_path / "c")
+    (entry,) = FeatureCache(tmp_path / "c").entries()
+    with open(entry, "r+b") as f:
+        f.seek(entry.stat().st_size - 64)
+        f.write(b"\0" * 64)
+    with pytest.warns(UserWarning, match=rf"feature cache entry {entry}: checksum mismatch"):
+        (second,) = run_spec(spec, tmp_path / "b", plugins=toy_plugins, cache_dir=tmp_path / "c")
+    assert second["forwards"] == first["forwards"] == 9 and second["metrics"] == first["metrics"]
