@@ -57,6 +57,9 @@ def cmd_run(args) -> int:
     print(f"{len(results)} units: {fresh} run, {results.skipped} resumed, {results.failed} failed; "
           f"{results.forwards} encoder forwards; {time.perf_counter() - t0:.1f} s")
     print(f"results: {out / 'results'}  report: {written['markdown']}")
+    figures = [str(p) for k, p in written.items() if k.endswith("figure")]
+    if figures:
+        print("figures: " + "  ".join(figures))
     return 1 if results.failed else 0
 
 

@@ -367,15 +367,17 @@ class FeatureEngine:
         label, samples = self.resolve(dataset, source)
         n = len(samples)
         jobs: list[_Job] = []
+        claimed: set = set()  # two spec entries with one identity (same plugin and options) share one entry
         for enc, reps in wanted:
             self._check_reps(enc, reps)
-            todo = [r for r in reps if self.cache.get(self.key(enc, dataset, label, samples, transform, r),
-                                                      mmap=True) is None]
+            keys = {r: self.key(enc, dataset, label, samples, transform, r) for r in reps}
+            todo = [r for r in reps if keys[r] not in claimed and self.cache.get(keys[r], mmap=True) is None]
+            claimed.update(keys.values())
             if not todo:
                 continue
             if n == 0:
                 raise HarnessError(f"dataset '{dataset.name}' {label}: no items to encode")
-            keys = {r: self.key(enc, dataset, label, samples, transform, r) for r in todo}
+            keys = {r: keys[r] for r in todo}
             meta = {"encoder": enc.identity(), "encoder_name": enc.name, "dataset": dataset.identity(),
                     "dataset_name": dataset.name, "split": label, "transform": transform, "n": n,
                     "precision": enc.opts.get("precision", "fp32")}

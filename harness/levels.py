@@ -94,8 +94,12 @@ def level_figure(pairs: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     width = max(4.5, 1.1 * max(len(p["rows"]) for p in drawn) + 2)
-    fig, axes = plt.subplots(1, len(drawn), figsize=(width * len(drawn), 3.8), squeeze=False)
-    for ax, p in zip(axes[0], drawn):
+    cols = min(3, len(drawn))  # rows of at most three panels
+    rows_n = math.ceil(len(drawn) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(width * cols, 3.8 * rows_n), squeeze=False)
+    for ax in axes.flat[len(drawn):]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, drawn):
         base = p["baseline"]
         rows = [r for r in p["rows"] if r["encoder"] != base]
         key = "_vs_baseline" if base else ""

@@ -14,6 +14,7 @@ from tabulate import tabulate
 from .api import HarnessError
 from .cache import io_error, write_text_atomic
 from .levels import level_figure, level_markdown, level_pairs
+from .representations import representation_figure, representation_groups, representation_markdown
 
 
 def load_results(out_dir: str | os.PathLike) -> list[dict]:
@@ -62,7 +63,7 @@ def tables(results: list[dict]) -> "OrderedDict[str, tuple[list[str], list[list]
                 vals.append(_fmt(r.get("metrics", {}).get(m, "")))
                 if m in with_ref:
                     vals.append(_fmt((r.get("reference") or {}).get(m, "")))
-            status = r["status"] if r["status"] == "ok" else f"FAILED: {r.get('error', '')[:60]}"
+            status = r["status"] if r["status"] == "ok" else f"FAILED: {(r.get('error') or '')[:60]}"
             rows.append([r["dataset"], r["encoder"], *vals, status])
         out[task] = (header, rows)
     return out
@@ -82,6 +83,9 @@ def render(results: list[dict], fmt: str = "simple") -> str:
     pairs = level_pairs(results)
     if pairs:
         parts.append(level_markdown(pairs, fmt))
+    groups = representation_groups(results)
+    if groups:
+        parts.append(representation_markdown(groups, fmt))
     return "\n".join(parts)
 
 
@@ -151,9 +155,16 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
     if pairs:
         write_json_atomic(out / "levels.json", pairs)
         written["levels"] = out / "levels.json"
+    groups = representation_groups(results)  # encoded vs projected wherever two tasks differ only in that
+    if groups:
+        write_json_atomic(out / "representations.json", groups)
+        written["representations"] = out / "representations.json"
     if figure:
-        for name, draw in (("figure", lambda p: _figure(results, p)), ("levels_figure", lambda p: level_figure(pairs, p))):
-            path = out / ("summary.png" if name == "figure" else "levels.png")
+        figures = (("figure", "summary.png", lambda p: _figure(results, p)),
+                   ("levels_figure", "levels.png", lambda p: level_figure(pairs, p)),
+                   ("representations_figure", "representations.png", lambda p: representation_figure(groups, p)))
+        for name, filename, draw in figures:
+            path = out / filename
             try:
                 if draw(path):
                     written[name] = path

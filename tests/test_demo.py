@@ -1,4 +1,5 @@
 """The embedded demo spec: runs end to end, resumes with zero forwards, and validate catches typos."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     first = run_spec(DEMO, tmp_path / "out")
     assert all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
     assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery", "seg",
-                                           "pose"}
+                                           "pose", "tiny_retrieval", "tiny_retrieval_projected", "tiny_linear",
+                                           "tiny_seg"}
     assert first.forwards > 0
     retrieval = {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in first if r["task"] == "part_retrieval"}
     assert all(0 < ap <= 100 for ap in retrieval.values())
@@ -28,6 +30,21 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     assert seg[("synthetic_seg_parts", "pixels")]["dataset_level"] == "part"
     assert seg[("synthetic_seg_objects", "pixels")]["dataset_level"] == "object"
     assert (tmp_path / "out/levels.png").is_file()  # the object-vs-part chart (Fig. 7)
+    # the tiny pretrained encoders, object- vs part-level relative to the supervised one, on three tasks
+    pairs = json.loads((tmp_path / "out/levels.json").read_text())
+    tiny = {p["task_plugin"]: p for p in pairs if p["hierarchy"] == "synthetic_objects"
+            and p["object"]["task"] != "tiny_retrieval_projected"}
+    assert set(tiny) == {"retrieval", "linear_probe", "linear_seg"}
+    for name, p in tiny.items():
+        assert p["baseline"] == "tiny_supervised"
+        floors = [] if name == "linear_seg" else ["tiny_random", "tiny_pixels"]
+        assert [r["encoder"] for r in p["rows"]] == ["tiny_supervised", "tiny_contrastive", "tiny_mim", *floors]
+        assert [r["pretraining"] for r in p["rows"][:3]] == ["supervised", "contrastive", "masked image modelling"]
+    # encoded vs projected (Tables 2 and 4) for the contrastive model, on objects and on parts
+    groups = json.loads((tmp_path / "out/representations.json").read_text())
+    assert [(g["encoder"], g["level"], list(g["values"])) for g in groups] == [
+        ("tiny_contrastive", "object", ["cls", "projected"]), ("tiny_contrastive", "part", ["cls", "projected"])]
+    assert (tmp_path / "out/representations.png").is_file()
     (pose,) = [r for r in first if r["task"] == "pose"]
     assert {"AP", "AP50", "AR", "AR50"} <= set(pose["metrics"])
     second = run_spec(DEMO, tmp_path / "out")

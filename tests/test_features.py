@@ -96,6 +96,19 @@ def test_one_pass_feeds_every_encoder_with_its_own_batches(tmp_path):
     assert samples.decodes == 4 * len(samples)
 
 
+def test_two_spec_entries_with_one_identity_share_one_entry_in_one_pass(tmp_path):
+    """Two encoders with the same plugin and options (e.g. a spec's ``pixels`` and ``tiny_pixels``) have one
+    cache key: one pass encodes it once (it used to write the same temporary twice and fail at commit)."""
+    samples = NoiseSamples(n=9)
+    ds = StubDataset("noise", {"all": samples})
+    a, b = Pixels("p1", grid=4, batch_size=4), Pixels("p2", grid=4, batch_size=4)
+    eng = engine(tmp_path)
+    counts = eng.extract(ds, "all", "resize:64", [(a, ["cls", "tokens"]), (b, ["cls"])])
+    assert counts == {id(a): 9, id(b): 0}
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2
+    assert eng.extract(ds, "all", "resize:64", [(b, ["cls", "tokens"])]) == {id(b): 0}
+
+
 def test_pad_transform_zeroes_the_padding_after_normalisation(tmp_path):
     class Small(Samples):
         def __init__(self):

@@ -117,3 +117,34 @@ def test_summary_figure_labels_its_axes_and_keeps_the_legend_off_the_bars(tmp_pa
     legend_box = ax.get_legend().get_window_extent()
     axes_box = ax.get_window_extent()
     assert legend_box.x0 >= axes_box.x1  # beside the plotting area, not over the bars
+
+
+# Tables 2 and 4 of the paper (MoCo v3, COCO objects / COCO parts AP): encoded vs projected
+def retrieval(task, dataset, encoder, value, level, representation, options=None, status="ok"):
+    opts = {"representation": representation, **(options or {})}
+    return {"unit": f"{task}__{dataset}__{encoder}", "task": task, "task_plugin": "retrieval", "dataset": dataset,
+            "encoder": encoder, "status": status, "headline": ["AP"], "metrics": {"AP": value} if status == "ok" else {},
+            "dataset_level": level, "dataset_hierarchy": "coco", "encoder_pretraining": "contrastive", "error": None,
+            "config": {"task": {"name": task, "plugin": "retrieval", "options": opts}}}
+
+
+def test_encoded_vs_projected_groups_tasks_that_differ_only_in_the_representation(tmp_path):
+    from harness.representations import representation_groups
+
+    rs = [retrieval("r", "coco_objects", "mocov3", 40.0, "object", "cls"),
+          retrieval("r_proj", "coco_objects", "mocov3", 45.0, "object", "projected"),
+          retrieval("r", "coco_parts", "mocov3", 30.0, "part", "cls"),
+          retrieval("r_proj", "coco_parts", "mocov3", 20.0, "part", "projected"),
+          retrieval("r", "coco_parts", "deit", 25.0, "part", "cls"),  # one representation only: no group
+          retrieval("r_224", "coco_parts", "mocov3", 99.0, "part", "mean_patch", {"transform": "resize:96"}),  # other options
+          retrieval("r_failed", "coco_objects", "mocov3", 0.0, "object", "mean_patch", status="failed")]
+    groups = representation_groups(rs)
+    assert [(g["dataset"], dict(g["values"])) for g in groups] == [
+        ("coco_objects", {"cls": 40.0, "projected": 45.0}), ("coco_parts", {"cls": 30.0, "projected": 20.0})]
+    assert groups[0]["level"] == "object" and groups[0]["metric"] == "AP"
+    written = report.write_report(tmp_path, rs)
+    assert json.loads((tmp_path / "representations.json").read_text()) == json.loads(json.dumps(groups))
+    assert written["representations_figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "report.md").read_text()
+    assert "representations compared" in md and "| mocov3    | coco_parts   | part    | retrieval AP | 30.00 |       20.00 |" in md
+    assert "representations compared" not in report.render(rs[:1] + rs[4:5])

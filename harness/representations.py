@@ -1,0 +1,79 @@
+"""Encoded vs projected (the paper's Table 4 question, and any other pair of representations): one encoder on
+one dataset evaluated by two tasks of the same plugin whose options differ only in ``representation``.
+
+For methods with a projection head the paper compares the encoder's output with the projector's: the
+projector is trained for the pretext task and is expected to lose part information. Every such group of a
+run becomes one row: the headline metric per representation.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+from .levels import _metric
+
+IGNORED = ("representation", "extra")  # options that name what is read, not how the task runs
+
+
+def _rep(r: dict) -> str | None:
+    opts = ((r.get("config") or {}).get("task") or {}).get("options") or {}
+    return opts.get("representation")
+
+
+def representation_groups(results: list[dict]) -> list[dict]:
+    """[{task_plugin, dataset, level, encoder, metric, values: {representation: value}}], in run order."""
+    groups: "OrderedDict[tuple, dict]" = OrderedDict()
+    for r in results:
+        rep = _rep(r)
+        if r.get("status") != "ok" or not r.get("metrics") or rep is None:
+            continue
+        opts = dict(r["config"]["task"].get("options") or {})
+        same = json.dumps({k: v for k, v in opts.items() if k not in IGNORED}, sort_keys=True, default=str)
+        key = (r.get("task_plugin") or r["task"], r["dataset"], r["encoder"], same)
+        g = groups.setdefault(key, {"task_plugin": key[0], "dataset": r["dataset"], "level": r.get("dataset_level"),
+                                    "encoder": r["encoder"], "metric": _metric(r), "values": OrderedDict()})
+        g["values"].setdefault(rep, float(r["metrics"].get(g["metric"], float("nan"))))
+    return [g for g in groups.values() if len(g["values"]) > 1]
+
+
+def representation_markdown(groups: list[dict], fmt: str = "github") -> str:
+    from tabulate import tabulate
+
+    reps = list(OrderedDict.fromkeys(rep for g in groups for rep in g["values"]))
+    title = ("## " if fmt == "github" else "") + "representations compared (same task, encoder and dataset)"
+    rows = [[g["encoder"], g["dataset"], g["level"] or "", f"{g['task_plugin']} {g['metric']}",
+             *[g["values"].get(rep, "") for rep in reps]] for g in groups]
+    return "\n".join([title, "", tabulate(rows, headers=["encoder", "dataset", "level", "task", *reps], tablefmt=fmt,
+                                          floatfmt=".2f"), ""])
+
+
+def representation_figure(groups: list[dict], path: Path) -> Path | None:
+    """One panel per (task plugin, encoder): datasets on x, one bar per representation."""
+    if not groups:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: "OrderedDict[tuple, list[dict]]" = OrderedDict()
+    for g in groups:
+        panels.setdefault((g["task_plugin"], g["encoder"]), []).append(g)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False)
+    for ax, ((plugin, encoder), gs) in zip(axes[0], panels.items()):
+        reps = list(OrderedDict.fromkeys(rep for g in gs for rep in g["values"]))
+        width = 0.8 / len(reps)
+        for j, rep in enumerate(reps):
+            ax.bar([i + j * width for i in range(len(gs))], [g["values"].get(rep, float("nan")) for g in gs], width,
+                   label=rep)
+        ax.set_xticks([i + width * (len(reps) - 1) / 2 for i in range(len(gs))],
+                      [f"{g['dataset']}\n({g['level']})" if g["level"] else g["dataset"] for g in gs], fontsize=8)
+        ax.set_ylabel(gs[0]["metric"])
+        ax.set_title(f"{encoder}: {plugin}, by representation", fontsize=9)
+        ax.legend(title="representation", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
