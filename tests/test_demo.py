@@ -51,7 +51,7 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     assert second.forwards == 0 and second.skipped == len(first)
     assert [r["metrics"] for r in second] == [r["metrics"] for r in first]
     # recomputed from scratch (new output folder, empty feature cache): identical retrieval numbers
-    only_retrieval = "run=[{datasets: [synthetic_cub, synthetic_coco], tasks: [part_retrieval]}]"
+    only_retrieval = "run=[{encoders: [random_vit, pixels], datasets: [synthetic_cub, synthetic_coco], tasks: [part_retrieval]}]"
     fresh = run_spec(DEMO, tmp_path / "fresh", overrides=[only_retrieval], cache_dir=tmp_path / "fresh_cache")
     assert fresh.forwards > 0
     assert {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in fresh} == retrieval
