@@ -16,19 +16,14 @@ from .levels import _metric
 IGNORED = ("representation", "extra")  # options that name what is read, not how the task runs
 
 
-def _rep(r: dict) -> str | None:
-    opts = ((r.get("config") or {}).get("task") or {}).get("options") or {}
-    return opts.get("representation")
-
-
 def representation_groups(results: list[dict]) -> list[dict]:
     """[{task_plugin, dataset, level, encoder, metric, values: {representation: value}}], in run order."""
     groups: "OrderedDict[tuple, dict]" = OrderedDict()
     for r in results:
-        rep = _rep(r)
+        opts = ((r.get("config") or {}).get("task") or {}).get("options") or {}
+        rep = opts.get("representation")
         if r.get("status") != "ok" or not r.get("metrics") or rep is None:
             continue
-        opts = dict(r["config"]["task"].get("options") or {})
         same = json.dumps({k: v for k, v in opts.items() if k not in IGNORED}, sort_keys=True, default=str)
         key = (r.get("task_plugin") or r["task"], r["dataset"], r["encoder"], same)
         g = groups.setdefault(key, {"task_plugin": key[0], "dataset": r["dataset"], "level": r.get("dataset_level"),

@@ -53,10 +53,15 @@ def test_loads_strictly_and_matches_reference_forward(method):
         assert out["block.1"].shape == (2, 1 + (size // 16) ** 2, 192)
         if method == "contrastive":
             assert out["projected"].shape == (2, 128)
-    # the weights are trained, not timm's initialisation
-    fresh = TinyPretrained("u", method=method)
-    assert not torch.equal(sd["blocks.0.attn.qkv.weight"], torch.zeros(1))
-    assert sd["pos_embed"].std() > 0 and fresh.identity()["checkpoint_sha256"] == MANIFEST["methods"][method]["sha256"]
+    # the weights are trained: far from the initialisation pretrain/tiny.py starts from (timm's, seed 0)
+    from partbench_plugins.encoders.encoder_bases import seeded
+    from partbench_plugins.encoders.vit_architecture import build_model
+
+    with seeded(0):
+        init = build_model(ARCH).state_dict()
+    for k in ("blocks.0.attn.qkv.weight", "blocks.3.mlp.fc2.weight", "pos_embed"):
+        assert (sd[k] - init[k]).abs().max() > 1e-3, k  # fp16 storage alone moves a weight by < 1e-4
+    assert enc.identity()["checkpoint_sha256"] == MANIFEST["methods"][method]["sha256"]
 
 
 def test_projected_refused_where_there_is_no_head():
