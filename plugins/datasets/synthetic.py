@@ -251,7 +251,7 @@ BIRDS = Family(
     coco_id=COCO_ID, seg_parts=SEG_PARTS, palette=BIRD_PALETTE, cub_keypoints=cub_mod.DEFAULT_KEYPOINTS,
     coco_keypoints=coco_mod.DEFAULT_KEYPOINTS, render=_render, description="partbench synthetic_parts")
 OBJECTS = Family(
-    kind="objects", version=1, class_names=synthetic_objects.CLASS_NAMES, supercategory="object",
+    kind="objects", version=2, class_names=synthetic_objects.CLASS_NAMES, supercategory="object",
     cub_parts=synthetic_objects.KEYPOINTS, cub_id={n: i + 1 for i, n in enumerate(synthetic_objects.KEYPOINTS)},
     coco_category={"name": "object", "supercategory": "object", "keypoints": synthetic_objects.KEYPOINTS,
                    "skeleton": [[1, k] for k in range(2, len(synthetic_objects.KEYPOINTS) + 1)]},
@@ -464,7 +464,7 @@ class SyntheticParts(Dataset):
                          "mmseg img_dir/ann_dir, splits train/val), or keypoints (one box per object with its COCO-format "
                          "keypoints, for pose)", choices=FORMATS),
         "keypoints": Option(list, None, "formats cub/coco: keypoint ids in the chosen format (default: birds "
-                            "CUB 11,12,9,14 / COCO 1,11,16; objects 2,3,4,5 = disc, square, triangle, cross)",
+                            "CUB 11,12,9,14 / COCO 1,11,16; objects 2,3,4,5 = disc, ring, bar, tee)",
                             nullable=True, check=lambda v: None if v is None else cub_mod._check_ids(v)),
         "distance": Option(str, "within_person", "COCO distance rule (see coco_parts)",
                            choices=["within_person", "official_annid"]),

@@ -3,9 +3,13 @@ parts (which part types are present and where they sit), while every part's appe
 
 Rules (also in docs/datasets.md, "Synthetic objects"):
 
-- Four part types, told apart by **shape only**: disc, square, triangle, cross, all drawn with the same
-  circumradius (the distance from the part's centre to its farthest point), so that every part lies
-  whole inside the crop the official part-crop rule cuts around its keypoint.
+- Four part types, told apart by **shape and how they sit on their arm**, never by colour: disc, ring
+  (the disc with a hole of half its radius), bar (a 0.3 x 0.95 rectangle lying along its arm, +-15
+  degrees) and tee (the same rectangle lying across its arm, +-15 degrees: with the arm it makes a T),
+  all drawn with the same circumradius (the distance from the part's centre to its farthest point), so
+  that every part lies whole inside the crop the official part-crop rule cuts around its keypoint.
+  (Version 1 of the family used disc, square, triangle and cross at a random rotation; a tiny ViT could
+  not learn its classes on CPU, see docs/datasets.md.)
 - An object is a hub (an ellipse) with three parts attached by arms at three slots 120 degrees apart:
   N (above), SE (lower right), SW (lower left), at distance R from the hub centre. (Three slots at 120
   degrees keep the parts sqrt(3) R apart, so the official crop, half-side d_min/4, holds parts of
@@ -17,9 +21,10 @@ Rules (also in docs/datasets.md, "Synthetic objects"):
   classes. There is no mirroring and no occlusion (either would change the class).
 - Appearance varies freely within a class: every part and the hub get an independent random colour
   pair (hue uniform, saturation and value in [0.35, 0.95]) and texture (solid, stripes, dots or
-  checker, random period and phase), a random size (circumradius 0.32 R x U(0.85, 1.15)) and a random
-  in-plane orientation; the object has a random scale, position and tilt (+-15 degrees); background,
-  distractor blobs, brightness and noise as the birds.
+  checker, random period and phase), a random size (circumradius 0.32 R x U(0.85, 1.15)) and an
+  in-plane orientation (uniform for disc and ring, the jitter above for bar and tee); the object has a
+  random scale, position and tilt (+-15 degrees); background, distractor blobs, brightness and noise as
+  the birds.
 
 ``render(rng, size)`` draws one image and returns (RGB uint8 [H,W,3], part label map, info) with info
 ``label`` (class index), ``keypoints`` (name -> (x, y, inside image)) for the hub and the parts that are
@@ -33,23 +38,23 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-PART_TYPES = ["disc", "square", "triangle", "cross"]
+PART_TYPES = ["disc", "ring", "bar", "tee"]
 _C, _S = math.cos(math.pi / 6), math.sin(math.pi / 6)
 SLOTS = {"N": (0.0, -1.0), "SE": (_C, _S), "SW": (-_C, _S)}  # y down
 CLASSES = [  # slot -> part type; the class is exactly this map
-    {"N": "disc", "SE": "square", "SW": "triangle"},
-    {"N": "disc", "SE": "triangle", "SW": "square"},
-    {"N": "square", "SE": "disc", "SW": "cross"},
-    {"N": "cross", "SE": "disc", "SW": "square"},
-    {"N": "triangle", "SE": "cross", "SW": "disc"},
-    {"N": "cross", "SE": "triangle", "SW": "disc"},
-    {"N": "square", "SE": "cross", "SW": "triangle"},
-    {"N": "triangle", "SE": "square", "SW": "cross"},
+    {"N": "disc", "SE": "ring", "SW": "bar"},
+    {"N": "disc", "SE": "bar", "SW": "ring"},
+    {"N": "ring", "SE": "disc", "SW": "tee"},
+    {"N": "tee", "SE": "disc", "SW": "ring"},
+    {"N": "bar", "SE": "tee", "SW": "disc"},
+    {"N": "tee", "SE": "bar", "SW": "disc"},
+    {"N": "ring", "SE": "tee", "SW": "bar"},
+    {"N": "bar", "SE": "ring", "SW": "tee"},
 ]
 
 
 def class_name(config: dict) -> str:
-    """e.g. 'disc-N_square-SE_triangle-SW' (slots in N, SE, SW order)."""
+    """e.g. 'disc-N_ring-SE_bar-SW' (slots in N, SE, SW order)."""
     return "_".join(f"{config[s]}-{s}" for s in SLOTS if s in config)
 
 
@@ -66,6 +71,9 @@ HUB_RADIUS = 0.42
 # keypoint, whose half-side is d_min / 4 with d_min ~ sqrt(3) R (the distance to the next slot's part)
 PART_EXTENT = 0.32
 ARM_WIDTH = 0.14
+RING_HOLE = 0.5  # the ring's inner radius / its outer radius
+BAR_WIDTH = 0.3  # the bar's and the tee's half-width / circumradius (half-length sqrt(1 - 0.3^2) = 0.95)
+BAR_JITTER = 0.26  # radians (15 degrees) around along-the-arm (bar) or across-the-arm (tee)
 TEXTURES = ("solid", "stripes", "dots", "checker")
 
 
@@ -92,26 +100,22 @@ def _texture(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray):
     return lambda m: np.where(sel[m][:, None], a, b)
 
 
-def _shape(kind: str, r: float, angle: float, n: int = 48) -> np.ndarray:
-    """Polygon [K,2] of a part of circumradius ``r`` around the origin, rotated by ``angle``."""
+def _shape(kind: str, r: float, angle: float, n: int = 48) -> tuple[np.ndarray, np.ndarray | None]:
+    """(outline [K,2], hole [K,2] or None) of a part of circumradius ``r`` around the origin, rotated by
+    ``angle`` (for bar and tee: the direction of the rectangle's long side)."""
     c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, s], [-s, c]])
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    circle = np.stack([np.cos(t), np.sin(t)], 1)
     if kind == "disc":
-        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-        pts = np.stack([r * np.cos(t), r * np.sin(t)], 1)
-    elif kind == "square":
-        a = r / math.sqrt(2)
-        pts = np.array([[-a, -a], [a, -a], [a, a], [-a, a]])
-    elif kind == "triangle":  # equilateral
-        t = np.array([-np.pi / 2, np.pi / 6, 5 * np.pi / 6])
-        pts = np.stack([r * np.cos(t), r * np.sin(t)], 1)
-    elif kind == "cross":  # arms of half-width L/3; the arm tips' corners lie on the circumcircle
-        L = r / math.sqrt(1 + 1 / 9)
-        w = L / 3
-        pts = np.array([[-w, -L], [w, -L], [w, -w], [L, -w], [L, w], [w, w], [w, L], [-w, L], [-w, w],
-                        [-L, w], [-L, -w], [-w, -w]])
-    else:
-        raise ValueError(kind)
-    return pts @ np.array([[c, s], [-s, c]])
+        return r * circle, None
+    if kind == "ring":
+        return r * circle, RING_HOLE * r * circle
+    if kind in ("bar", "tee"):  # the corners lie on the circumcircle
+        w = BAR_WIDTH * r
+        L = math.sqrt(r * r - w * w)
+        return np.array([[-L, -w], [L, -w], [L, w], [-L, w]]) @ rot, None
+    raise ValueError(kind)
 
 
 def render(rng: np.random.Generator, size: int, background):
@@ -136,9 +140,11 @@ def render(rng: np.random.Generator, size: int, background):
 
     labels = np.zeros((H, W), np.uint8)
 
-    def paint(poly_px, colour_fn, lab):
+    def paint(poly_px, colour_fn, lab, hole_px=None):
         m = Image.new("L", (W, H), 0)
         ImageDraw.Draw(m).polygon([tuple(p) for p in poly_px], fill=255)
+        if hole_px is not None:  # what lies under the hole (arm, background) stays visible and labelled
+            ImageDraw.Draw(m).polygon([tuple(p) for p in hole_px], fill=0)
         mask = np.asarray(m) > 0
         img[mask] = colour_fn(mask)
         labels[mask] = lab
@@ -166,8 +172,13 @@ def render(rng: np.random.Generator, size: int, background):
     for part in PART_TYPES:
         if part in centres:
             r = PART_EXTENT * rng.uniform(0.85, 1.15)
-            poly = _shape(part, r, rng.uniform(0, 2 * np.pi)) + np.asarray(centres[part])
-            paint(to_pixels(poly), _texture(rng, xx, yy), SEG_PARTS.index(part))
+            centre = np.asarray(centres[part])
+            along = math.atan2(centre[1], centre[0])  # the arm's direction
+            angle = {"bar": along, "tee": along + np.pi / 2}.get(part, 0.0)
+            angle += rng.uniform(-BAR_JITTER, BAR_JITTER) if part in ("bar", "tee") else rng.uniform(0, 2 * np.pi)
+            outline, hole = _shape(part, r, angle)
+            paint(to_pixels(outline + centre), _texture(rng, xx, yy), SEG_PARTS.index(part),
+                  None if hole is None else to_pixels(hole + centre))
 
     img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 8, img.shape)
     rgb = img.clip(0, 255).astype(np.uint8)
