@@ -20,7 +20,7 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     assert all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
     assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery", "seg",
                                            "pose", "tiny_retrieval", "tiny_retrieval_projected", "tiny_linear",
-                                           "tiny_seg"}
+                                           "tiny_attentive", "tiny_seg"}
     assert first.forwards > 0
     retrieval = {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in first if r["task"] == "part_retrieval"}
     assert all(0 < ap <= 100 for ap in retrieval.values())
@@ -34,7 +34,7 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     pairs = json.loads((tmp_path / "out/levels.json").read_text())
     tiny = {p["task_plugin"]: p for p in pairs if p["hierarchy"] == "synthetic_objects"
             and p["object"]["task"] != "tiny_retrieval_projected"}
-    assert set(tiny) == {"retrieval", "linear_probe", "linear_seg"}
+    assert set(tiny) == {"retrieval", "linear_probe", "attentive_probe", "linear_seg"}
     for name, p in tiny.items():
         assert p["baseline"] == "tiny_supervised"
         floors = [] if name == "linear_seg" else ["tiny_random", "tiny_pixels"]
