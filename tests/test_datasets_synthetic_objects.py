@@ -141,10 +141,8 @@ def test_part_shapes_bar_along_tee_across_ring_hollow(gen):
         for name, (x, y) in parts.items():
             if name == "hub":
                 continue
-            at_centre = lab[int(round(y)), int(round(x))] == so.SEG_PARTS.index(name)
-            ys, xs = np.nonzero(lab == so.SEG_PARTS.index(name))
             if name in ("bar", "tee"):
-                angle, elongation = _axis(ys, xs)
+                angle, elongation = _axis(*np.nonzero(lab == so.SEG_PARTS.index(name)))
                 arm = math.atan2(y - hy, x - hx)
                 off = abs((angle - arm + math.pi / 2) % math.pi - math.pi / 2)  # 0 = along the arm
                 assert elongation > 4, (iid, name)
@@ -153,6 +151,7 @@ def test_part_shapes_bar_along_tee_across_ring_hollow(gen):
                 else:
                     assert off > math.radians(90 - 22), (iid, off)
             else:
+                at_centre = lab[int(round(y)), int(round(x))] == so.SEG_PARTS.index(name)
                 assert at_centre == (name == "disc"), (iid, name)
             checked[name] += 1
     assert min(checked.values()) >= 20, checked

@@ -101,20 +101,17 @@ def _texture(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray):
 
 
 def _shape(kind: str, r: float, angle: float, n: int = 48) -> tuple[np.ndarray, np.ndarray | None]:
-    """(outline [K,2], hole [K,2] or None) of a part of circumradius ``r`` around the origin, rotated by
-    ``angle`` (for bar and tee: the direction of the rectangle's long side)."""
-    c, s = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, s], [-s, c]])
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    circle = np.stack([np.cos(t), np.sin(t)], 1)
-    if kind == "disc":
-        return r * circle, None
-    if kind == "ring":
-        return r * circle, RING_HOLE * r * circle
+    """(outline [K,2], hole [K,2] or None) of a part of circumradius ``r`` around the origin; bar and tee
+    have their long side at ``angle`` (disc and ring are drawn unrotated)."""
+    if kind in ("disc", "ring"):
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        circle = np.stack([r * np.cos(t), r * np.sin(t)], 1)
+        return circle, RING_HOLE * circle if kind == "ring" else None
     if kind in ("bar", "tee"):  # the corners lie on the circumcircle
+        c, s = math.cos(angle), math.sin(angle)
         w = BAR_WIDTH * r
         L = math.sqrt(r * r - w * w)
-        return np.array([[-L, -w], [L, -w], [L, w], [-L, w]]) @ rot, None
+        return np.array([[-L, -w], [L, -w], [L, w], [-L, w]]) @ np.array([[c, s], [-s, c]]), None
     raise ValueError(kind)
 
 
@@ -173,9 +170,11 @@ def render(rng: np.random.Generator, size: int, background):
         if part in centres:
             r = PART_EXTENT * rng.uniform(0.85, 1.15)
             centre = np.asarray(centres[part])
-            along = math.atan2(centre[1], centre[0])  # the arm's direction
-            angle = {"bar": along, "tee": along + np.pi / 2}.get(part, 0.0)
-            angle += rng.uniform(-BAR_JITTER, BAR_JITTER) if part in ("bar", "tee") else rng.uniform(0, 2 * np.pi)
+            if part in ("bar", "tee"):  # along or across the arm, whose direction is the centre's
+                angle = math.atan2(centre[1], centre[0]) + (np.pi / 2 if part == "tee" else 0.0)
+                angle += rng.uniform(-BAR_JITTER, BAR_JITTER)
+            else:  # disc and ring look the same at any angle; the draw keeps version 2's random stream
+                angle = rng.uniform(0, 2 * np.pi)
             outline, hole = _shape(part, r, angle)
             paint(to_pixels(outline + centre), _texture(rng, xx, yy), SEG_PARTS.index(part),
                   None if hole is None else to_pixels(hole + centre))
