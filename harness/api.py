@@ -100,7 +100,7 @@ class Encoder(_Plugin):
 
     ``forward(x, reps)`` is a pure function of a batch: it gets a normalised float batch [B,3,H,W]
     already on the encoder's device and the list of representation names wanted, and returns a dict
-    name -> tensor. The core's executor (``harness.features.Executor``) does everything around it
+    name -> tensor. The core's executor (``harness.execution.Executor``) does everything around it
     once: lazy ``load``, device placement, ``torch.inference_mode`` and autocast for ``precision``.
       cls         [B,D]   CLS token after the final norm
       mean_patch  [B,D]   mean of patch tokens (CLS excluded) after the final norm

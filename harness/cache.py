@@ -9,7 +9,6 @@ entry is reported, removed and recomputed, never used. Temporaries of dead proce
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import HarnessError
+from .io import io_error
 
 CACHE_VERSION = 2  # 2: checksummed entries
 _TMP = ".tmp-"
@@ -46,33 +46,6 @@ def writer_tag() -> str:
     """'<domain>-<pid>' of this process, in the names of the temporaries it writes."""
     return f"{PID_DOMAIN}-{os.getpid()}"
 HASH_CHUNK = 1 << 22
-
-
-class DiskFullError(HarnessError):
-    """No space left where the harness writes: fatal for the run (every later write would fail too)."""
-
-
-def io_error(path, exc: OSError, what: str) -> HarnessError:
-    """One line for a failed write; ENOSPC / EDQUOT become DiskFullError."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{path}: no space left on device ({what})")
-    return HarnessError(f"{path}: {exc.strerror or exc} ({what})")
-
-
-def write_text_atomic(path: Path, text: str, what: str) -> None:
-    """Write to a temporary sibling, then rename into place: a failed write (e.g. a full disk) leaves
-    neither a partial file nor the temporary, and raises one line naming the file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise io_error(path, exc, what) from None
 
 
 def array_checksum(path: Path) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from .api import HarnessError
-from .cache import io_error, write_text_atomic
+from .io import io_error, write_json_atomic, write_text_atomic
 from .levels import level_figure, level_markdown, level_pairs
 from .representations import representation_figure, representation_groups, representation_markdown
 
@@ -139,8 +139,6 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
     """Write report.md, results.csv, summary.json (and summary.png); return their paths."""
     out = Path(out_dir)
     results = load_results(out) if results is None else results
-    from .runner import write_json_atomic
-
     written = {}
     pairs = level_pairs(results)  # object vs part (Fig. 7) wherever the run has an object/part pair
     md = out / "report.md"

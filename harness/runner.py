@@ -12,12 +12,13 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 
 from . import distributed
 from .api import HarnessError, Task
-from .cache import DiskFullError, FeatureCache, _canonical, default_cache_dir, write_text_atomic
-from .features import FeatureEngine, UnitContext
+from .cache import FeatureCache, _canonical, default_cache_dir
+from .context import UnitContext
+from .features import EncoderFailure, FeatureEngine
+from .io import DiskFullError, write_json_atomic
 from .spec import Plan, Unit
 
 def resolve_device(device: str) -> str:
@@ -52,22 +53,6 @@ def git_revision() -> str | None:
         return rev.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=True), "writing results")
 
 
 def config_hash(cfg: dict) -> str:
@@ -211,7 +196,7 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
                 wanted = [(plan.encoders[n], g["encoders"][n]) for n in batch]
                 try:
                     done = engine.extract(ds, g["source"], g["transform"], wanted, collective=True)
-                except _encoder_failure() as exc:
+                except EncoderFailure as exc:
                     failed = next(n for n in batch if id(plan.encoders[n]) == exc.encoder_id)
                     for uid in g["units"][failed]:
                         errors[uid] = str(exc)
@@ -231,15 +216,7 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
     return forwards, errors
 
 
-def _encoder_failure():
-    from .features import EncoderFailure
-
-    return EncoderFailure
-
-
 def _error_text(exc: BaseException) -> str:
-    from .features import EncoderFailure
-
     return str(exc) if isinstance(exc, EncoderFailure) else f"{type(exc).__name__}: {exc}"
 
 
