@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import HarnessError
+from .errors import HarnessError
+from .interrupts import critical
 from .io import io_error
 
 CACHE_VERSION = 2  # 2: checksummed entries
 _TMP = ".tmp-"
-# a temporary of an entry: ".tmp-<domain>-<pid>-<key>.npy" or "<key>.json.tmp-<domain>-<pid>"
-_WRITER = re.compile(r"\.tmp-(?P<domain>[A-Za-z0-9_.]+)-(?P<pid>\d+)(?:-[0-9a-f]{64}\.npy)?$")
+# a temporary of an entry: ".tmp-<domain>-<pid>-<key>.npy" (a torchrun rank's shard: "...-<key>.rank<r>.npy")
+# or "<key>.json.tmp-<domain>-<pid>"
+_WRITER = re.compile(r"\.tmp-(?P<domain>[A-Za-z0-9_.]+)-(?P<pid>\d+)(?:-[0-9a-f]{64}(?:\.rank\d+)?\.npy)?$")
 
 
 def _pid_domain() -> str:
@@ -166,6 +168,19 @@ class FeatureCache:
     def open_writer(self, key: str, shape: tuple, dtype, meta: dict) -> "_Writer":
         return _Writer(self, key, shape, dtype, meta)
 
+    def remove_own_temporaries(self) -> int:
+        """Remove every temporary this process wrote (an interrupted run cleaning up after itself)."""
+        n, tag = 0, writer_tag()
+        if not self.root.is_dir():
+            return 0
+        for p in set(self.root.glob(f"*/{_TMP}{tag}-*")) | set(self.root.glob(f"*/*{_TMP}{tag}")):
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+        return n
+
     def sweep_stale(self, older_than_s: float = 3600) -> int:
         """Remove temporaries of killed runs: at once those whose writer process (domain and pid in the
         name) is gone, and any other temporary (written in another host's or container's pid space,
@@ -237,8 +252,9 @@ class _Writer:
             self._f = None
             self.meta = {**self.meta, "blake2b": array_checksum(self.tmp)}
             meta_tmp.write_text(json.dumps(self.meta, indent=1, default=str))
-            os.replace(meta_tmp, self.final.with_suffix(".json"))
-            os.replace(self.tmp, self.final)  # the .npy appearing is what makes the entry exist
+            with critical():  # a signal waits until both names are in place
+                os.replace(meta_tmp, self.final.with_suffix(".json"))
+                os.replace(self.tmp, self.final)  # the .npy appearing is what makes the entry exist
         except OSError as exc:
             self.abort()
             try:

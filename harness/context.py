@@ -26,11 +26,19 @@ class UnitContext(TaskContext):
         self.cache_hits = 0
         self.feature_seconds = 0.0
         self._log = log or (lambda m: None)
+        #: the dataset splits this unit read (their fingerprints enter the unit's result key)
+        self.splits_read: set[str] = set()
+
+    def _read(self, source) -> None:
+        if isinstance(source, str):
+            self.splits_read.add(source)
 
     def samples(self, split: str) -> Samples:
+        self._read(split)
         return self.engine.samples(self.dataset, split)
 
     def features(self, source, reps: Sequence[str], transform: str = "resize:224") -> dict:
+        self._read(source)
         t0 = time.perf_counter()
         arrays, hits, forwards = self.engine.features(self.encoder, self.dataset, source, list(reps), transform)
         self.cache_hits += hits
@@ -40,11 +48,13 @@ class UnitContext(TaskContext):
 
     def stream(self, source, reps: Sequence[str], transform: str = "resize:224", indices=None, batch=None):
         """Features computed on the fly (not cached), batch by batch: yields (indices, {rep: tensor})."""
+        self._read(source)
         for idx, out in self.engine.stream(self.encoder, self.dataset, source, reps, transform, indices, batch):
             self.forwards += len(idx)
             yield idx, out
 
     def images(self, source, indices: Sequence[int], transform: str = "resize:224"):
+        self._read(source)
         _, s = self.engine.resolve(self.dataset, source)
         batch = [transforms.pixels(transform, s.image(int(i))) for i in indices]
         x = torch.stack([transforms.to_tensor(a) for a, _ in batch])

@@ -19,6 +19,7 @@ import torch
 
 from .api import Dataset, Encoder, HarnessError, Samples
 from .cache import FeatureCache
+from .io import DiskFullError
 from .distributed import Dist, shard
 from .execution import Executor
 from .loading import DataError, Loader, default_workers
@@ -68,7 +69,7 @@ class FeatureEngine:
         self._executors: dict[int, Executor] = {}
         self._samples: dict[tuple, Samples] = {}
         self._failed: dict[tuple, str] = {}  # (dataset, split) -> the shared error of a data problem
-        self._fingerprints: dict[int, str] = {}
+        self._prepared: set[int] = set()
         self._loaders: "OrderedDict[tuple, tuple[Samples, Loader]]" = OrderedDict()
         self.forwards = 0
 
@@ -108,7 +109,7 @@ class FeatureEngine:
                 raise HarnessError(f"dataset '{dataset.name}' has no split '{split}' "
                                    f"(available: {', '.join(dataset.splits)})")
             try:
-                dataset.prepare()
+                self.prepare(dataset)
                 s = dataset.load(split)
             except Exception as exc:  # noqa: BLE001 - remembered and shared by every unit of the dataset
                 msg = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
@@ -120,6 +121,12 @@ class FeatureEngine:
             self._samples[k] = s
         return self._samples[k]
 
+    def prepare(self, dataset: Dataset) -> None:
+        """``dataset.prepare()``, once per run (the runner calls it on rank 0 before the other ranks)."""
+        if id(dataset) not in self._prepared:
+            dataset.prepare()
+            self._prepared.add(id(dataset))
+
     def resolve(self, dataset: Dataset, source: "str | Samples") -> tuple[str, Samples]:
         """(label, samples) of a split name or a Samples (a view)."""
         if isinstance(source, Samples):
@@ -127,9 +134,12 @@ class FeatureEngine:
         return source, self.samples(dataset, source)
 
     def fingerprint(self, samples: Samples) -> str:
-        if id(samples) not in self._fingerprints:
-            self._fingerprints[id(samples)] = samples.fingerprint()
-        return self._fingerprints[id(samples)]
+        """``samples.fingerprint()``, computed once per object. Remembered on the object itself: a table by
+        ``id()`` would hand a freed view's fingerprint to a new view that reuses its address."""
+        fp = samples.__dict__.get("_harness_fingerprint")
+        if fp is None:
+            fp = samples.__dict__["_harness_fingerprint"] = samples.fingerprint()
+        return fp
 
     def key(self, enc: Encoder, dataset: Dataset, label: str, samples: Samples, transform: str, rep: str) -> str:
         return self.cache.key(encoder=enc.identity(), dataset=dataset.identity(), split=label,
@@ -178,26 +188,32 @@ class FeatureEngine:
         this together and takes a shard (under torchrun)."""
         label, samples = self.resolve(dataset, source)
         n = len(samples)
-        jobs: list[_Job] = []
-        claimed: set = set()  # two spec entries with one identity (same plugin and options) share one entry
+        distributed = collective and self.dist.active
         for enc, reps in wanted:
             self._check_reps(enc, reps)
-            keys = {r: self.key(enc, dataset, label, samples, transform, r) for r in reps}
-            todo = [r for r in reps if keys[r] not in claimed and self.cache.get(keys[r], mmap=True) is None]
-            claimed.update(keys.values())
-            if not todo:
+        keys = [{r: self.key(enc, dataset, label, samples, transform, r) for r in reps} for enc, reps in wanted]
+        if distributed:
+            # one decision for all ranks: each rank checks it computes rank 0's keys, rank 0 alone looks at the
+            # cache (ranks looking at different moments while another rank writes would enter different
+            # collectives and hang)
+            self.dist.agree(keys, f"the feature cache keys of dataset '{dataset.name}' {label} (items or encoders)")
+            todo = self.dist.broadcast(self._missing(keys) if self.dist.is_main else None)
+        else:
+            todo = self._missing(keys)
+        jobs: list[_Job] = []
+        for (enc, _), enc_keys, enc_todo in zip(wanted, keys, todo):
+            if not enc_todo:
                 continue
             if n == 0:
                 raise HarnessError(f"dataset '{dataset.name}' {label}: no items to encode")
-            keys = {r: keys[r] for r in todo}
             meta = {"encoder": enc.identity(), "encoder_name": enc.name, "dataset": dataset.identity(),
                     "dataset_name": dataset.name, "split": label, "transform": transform, "n": n,
                     "precision": enc.opts.get("precision", "fp32")}
-            jobs.append(_Job(self.executor(enc), todo, keys, meta, int(enc.opts.get("batch_size", 64))))
+            jobs.append(_Job(self.executor(enc), enc_todo, {r: enc_keys[r] for r in enc_todo}, meta,
+                             int(enc.opts.get("batch_size", 64))))
         if not jobs:
             return {id(enc): 0 for enc, _ in wanted}
         chunk = math.gcd(*[j.batch for j in jobs])
-        distributed = collective and self.dist.active
         align = math.lcm(*[j.batch for j in jobs])
         rng = shard(n, self.dist.rank, self.dist.world_size, align) if distributed else range(n)
         names = ",".join(j.executor.encoder.name for j in jobs)
@@ -236,6 +252,16 @@ class FeatureEngine:
         for j, c in zip(jobs, counts):
             out[id(j.executor.encoder)] += c
             self.forwards += c
+        return out
+
+    def _missing(self, keys: list[dict[str, str]]) -> list[list[str]]:
+        """Per encoder, the representations whose entry is not in the cache; two spec entries with one
+        identity (same plugin and options) share one entry, computed for the first."""
+        claimed: set = set()
+        out = []
+        for enc_keys in keys:
+            out.append([r for r, k in enc_keys.items() if k not in claimed and self.cache.get(k, mmap=True) is None])
+            claimed.update(enc_keys.values())
         return out
 
     def _agree(self, error, jobs: list[_Job]):
@@ -301,47 +327,51 @@ class FeatureEngine:
             job.writers[rep].write(start - (rng.start if distributed else 0), arr)
 
     def _assemble(self, jobs: list[_Job], n: int) -> None:
-        """Under torchrun: every rank closes its shard files; rank 0 concatenates them in rank order into
-        the cache entries; the shard files are removed."""
+        """Under torchrun: every rank closes its shard files and tells their paths; rank 0 concatenates them in
+        rank order into the cache entries and tells every rank whether that worked; each rank removes its
+        own shard files. Every rank raises the same error when rank 0's assembly failed."""
         for j in jobs:
             for w in j.writers.values():
                 w.close()
-        shapes = self.dist.gather({(id_, rep): (w.shape[1:], str(w.dtype)) for id_, j in enumerate(jobs)
+        shards = self.dist.gather({(k, rep): (w.shape[1:], str(w.path)) for k, j in enumerate(jobs)
                                    for rep, w in j.writers.items()})
-        self.dist.barrier()
+        problem = None
         if self.dist.is_main:
-            for id_, j in enumerate(jobs):
-                for rep in j.reps:
-                    tail = next((s[(id_, rep)] for s in shapes if (id_, rep) in s), None)
-                    if tail is None:
-                        continue
-                    dtype = TOKEN_DTYPE if is_token_rep(rep) else VECTOR_DTYPE
-                    writer = self.cache.open_writer(j.keys[rep], (n,) + tuple(tail[0]), dtype,
-                                                    dict(j.meta, representation=rep, ranks=self.dist.world_size))
-                    try:
-                        row = 0
-                        for r in range(self.dist.world_size):
-                            path = ShardWriter.path_of(self.cache, j.keys[rep], r)
-                            if not path.is_file():
-                                continue
-                            part = np.load(path, mmap_mode="r")
-                            for s in range(0, len(part), 4096):
-                                writer.write(row, np.asarray(part[s:s + 4096]))
-                                row += len(part[s:s + 4096])
-                        if row != n:
-                            raise HarnessError(f"assembling {j.keys[rep][:12]}: {row} of {n} rows from the ranks' "
-                                               "shard files (is the cache directory shared by all ranks?)")
-                        writer.commit()
-                    finally:
-                        writer.abort()
-        self.dist.barrier()
+            try:
+                for k, j in enumerate(jobs):
+                    for rep in j.reps:
+                        parts = [s[(k, rep)] for s in shards if (k, rep) in s]
+                        if parts:
+                            self._concatenate(j, rep, n, parts)
+            except HarnessError as exc:
+                problem = (isinstance(exc, DiskFullError), str(exc))
+        problem = self.dist.broadcast(problem)
         for j in jobs:
-            for rep in j.reps:
+            for w in j.writers.values():
+                w.remove()
+        if problem is not None:
+            raise (DiskFullError if problem[0] else HarnessError)(problem[1])
+
+    def _concatenate(self, job: _Job, rep: str, n: int, parts: list) -> None:
+        dtype = TOKEN_DTYPE if is_token_rep(rep) else VECTOR_DTYPE
+        writer = self.cache.open_writer(job.keys[rep], (n,) + tuple(parts[0][0]), dtype,
+                                        dict(job.meta, representation=rep, ranks=self.dist.world_size))
+        try:
+            row = 0
+            for _, path in parts:
                 try:
-                    ShardWriter.path_of(self.cache, j.keys[rep], self.dist.rank).unlink()
-                except OSError:
-                    pass
-        self.dist.barrier()
+                    part = np.load(path, mmap_mode="r")
+                except OSError as exc:
+                    raise HarnessError(f"{path}: a rank's shard is unreadable from rank 0 ({exc.strerror or exc}); "
+                                       "is the cache directory shared by all ranks?") from None
+                for s in range(0, len(part), 4096):
+                    writer.write(row, np.asarray(part[s:s + 4096]))
+                    row += len(part[s:s + 4096])
+            if row != n:
+                raise HarnessError(f"assembling {job.keys[rep][:12]}: {row} of {n} rows from the ranks' shard files")
+            writer.commit()
+        finally:
+            writer.abort()
 
     # -- streaming ---------------------------------------------------------------------------------
     def stream(self, enc: Encoder, dataset: Dataset, source, reps: Sequence[str], transform: str,

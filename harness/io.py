@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .api import HarnessError
+from .errors import FatalError, HarnessError
 
 
-class DiskFullError(HarnessError):
+class DiskFullError(FatalError):
     """No space left where the harness writes: fatal for the run (every later write would fail too)."""
 
 
@@ -47,9 +47,9 @@ def write_text_atomic(path: Path, text: str, what: str) -> None:
         raise
 
 
-def jsonable(obj: Any, where: str = "", nonfinite: list[str] | None = None) -> Any:
-    """``obj`` with numpy values, paths and tuples as JSON types and non-finite floats as None; the dotted
-    path of every non-finite value is appended to ``nonfinite``."""
+def jsonable(obj: Any, where: str = "", nonfinite: list | None = None) -> Any:
+    """``obj`` with numpy values, paths and tuples as JSON types and non-finite floats as None; (dotted path,
+    value) of every non-finite value is appended to ``nonfinite``."""
     if isinstance(obj, dict):
         return {str(k): jsonable(v, f"{where}.{k}" if where else str(k), nonfinite) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -64,7 +64,7 @@ def jsonable(obj: Any, where: str = "", nonfinite: list[str] | None = None) -> A
         value = float(obj)
         if not math.isfinite(value):
             if nonfinite is not None:
-                nonfinite.append(f"{where or 'value'} = {value}")
+                nonfinite.append((where or "value", value))
             return None
         return value
     if obj is None or isinstance(obj, str):

@@ -7,6 +7,7 @@ normalisation happens on the device (``harness.execution.Executor``).
 from __future__ import annotations
 
 import os
+import signal
 from typing import Iterator, Sequence
 
 import torch
@@ -110,6 +111,8 @@ class _Chunks(torch.utils.data.Sampler):
 
 def _worker_init(_):
     torch.set_num_threads(1)  # decoding is PIL work; torch threads would oversubscribe the cores
+    # Ctrl-C reaches the whole process group: the main process stops the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 PREFETCH = 4  # batches in flight per worker

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import HarnessError
-from .cache import FeatureCache
+from .cache import FeatureCache, writer_tag
 from .io import io_error
 
 
@@ -24,7 +24,9 @@ class ShardWriter:
 
     @staticmethod
     def path_of(cache: FeatureCache, key: str, rank: int) -> Path:
-        return cache.root / key[:2] / f".tmp-shard-{key}-rank{rank}.npy"
+        """Named like the cache's temporaries (writer domain and pid first), so a dead rank's shards are swept
+        and an interrupted rank removes its own; rank 0 learns the other ranks' paths from them."""
+        return cache.root / key[:2] / f".tmp-{writer_tag()}-{key}.rank{rank}.npy"
 
     def write(self, start: int, rows: np.ndarray) -> None:
         if start != self.rows:
@@ -40,13 +42,9 @@ class ShardWriter:
         if not self._f.closed:
             self._f.close()
 
-    def commit(self) -> None:
+    def remove(self) -> None:
+        """Close and delete the file (after rank 0 assembled the entry, or when the extraction failed)."""
         self.close()
+        self.path.unlink(missing_ok=True)
 
-    def abort(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
+    abort = remove
