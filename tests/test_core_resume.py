@@ -128,22 +128,19 @@ def test_a_non_finite_value_is_written_as_null_with_a_warning(tmp_path, plugins,
                    parse_constant=lambda c: pytest.fail(f"{name}: non-strict JSON constant {c}"))
 
 
-def test_fingerprints_are_never_confused_between_freed_and_new_views(tmp_path):
-    """The engine remembers a Samples' fingerprint on the object: a new view at a freed view's address
-    (CPython reuses it at once) gets its own fingerprint, not the freed one's."""
-    import gc
-
+def test_fingerprints_are_never_confused_between_freed_and_new_views(tmp_path, monkeypatch):
+    """A freed view's address is soon reused by a new view (CPython): a fingerprint remembered by ``id()``
+    would be handed to the new view, giving it the old view's cache keys (and torchrun ranks, whose
+    allocations differ, different keys). Every object keeps its own. ``id`` is made to collide here, as an
+    address reuse does, so the check does not depend on the allocator."""
+    import harness.features
     from harness.api import Samples
     from harness.cache import FeatureCache
     from harness.features import FeatureEngine
 
+    monkeypatch.setattr(harness.features, "id", lambda obj: 1, raising=False)
     engine = FeatureEngine(FeatureCache(tmp_path / "cache"))
-    old = [Samples([f"a{k}"], [0], ["c0", "c1"]) for k in range(200)]
-    for s in old:
-        engine.fingerprint(s)
-    freed = {id(s) for s in old}
-    del old, s
-    gc.collect()
-    new = [Samples([f"b{k}", "y"], [1, 0], ["c0", "c1"]) for k in range(200)]
-    assert freed & {id(s) for s in new}, "the test needs CPython to reuse freed addresses"
-    assert all(engine.fingerprint(s) == s.fingerprint() for s in new)
+    a = Samples(["x", "y"], [0, 1], ["c0", "c1"])
+    b = Samples(["z"], [1], ["c0", "c1"])
+    assert engine.fingerprint(a) == a.fingerprint()
+    assert engine.fingerprint(b) == b.fingerprint() != a.fingerprint()
