@@ -80,11 +80,19 @@ def _named(meta: dict, kind: str) -> str:
 
 
 def cmd_cache(args) -> int:
-    """`harness cache ls|verify|prune`: inspect, check and clean a feature cache."""
+    """`harness cache ls|verify|prune`: inspect, check and clean a feature cache. verify and prune never
+    remove what a live run needs: temporaries being written and entries locked by a run are reported as
+    "in use" and kept (see harness.cache)."""
     from tabulate import tabulate
 
     from .cache import FeatureCache, default_cache_dir
 
+    if args.action == "prune" and args.older_than is None and not args.match and not args.all \
+            and args.max_size is None:
+        args.parser.print_usage(sys.stderr)
+        print(f"{args.parser.prog}: error: prune needs what to remove: --older-than DAYS, --max-size SIZE, "
+              "--match TEXT or --all", file=sys.stderr)
+        return 2
     cache = FeatureCache(args.cache_dir or default_cache_dir())
     entries = cache.entries()
     now = time.time()
@@ -94,6 +102,19 @@ def cmd_cache(args) -> int:
             return json.loads(cache.meta_path(p).read_text())
         except (OSError, ValueError):
             return {}
+
+    def temporaries(remove: bool) -> str:
+        """One line per temporary (in use: kept; stale: removed when ``remove``); the summary's part."""
+        busy = stale = 0
+        for t in cache.temporaries():
+            if t.in_use:
+                busy += 1
+                print(f"in use {t.path}: {t.why}; kept")
+            else:
+                gone = remove and cache.remove_stale(t)
+                stale += 1
+                print(f"stale {t.path}: {t.why}{' (deleted)' if gone else ''}")
+        return f"; temporaries: {busy} in use, {stale} stale"
 
     if args.action == "ls":
         rows, total = [], 0
@@ -105,23 +126,28 @@ def cmd_cache(args) -> int:
                          f"{(now - st.st_mtime) / 86400:.1f} d", f"{(now - cache.last_used(p)) / 86400:.1f} d"])
         print(tabulate(rows, headers=["key", "encoder", "dataset", "split", "representation", "size", "age",
                                       "last used"]))
-        print(f"{len(entries)} entries, {total / 1e9:.2f} GB in {cache.root}")
+        temps = cache.temporaries()
+        busy = sum(t.in_use for t in temps)
+        print(f"{len(entries)} entries, {total / 1e9:.2f} GB in {cache.root}; temporaries: {busy} in use, "
+              f"{len(temps) - busy} stale")
         return 0
     if args.action == "verify":
-        bad = []
+        bad, kept = [], 0
         for p in entries:
             problem = cache.check(p)
             if problem:
                 bad.append(p)
-                print(f"BAD {p}: {problem}{' (deleted)' if args.delete else ''}")
-                if args.delete:
-                    cache.remove(p)
-        print(f"{len(entries)} entries checked, {len(bad)} bad")
+                if not args.delete:
+                    print(f"BAD {p}: {problem}")
+                elif cache.remove_unused(p):
+                    print(f"BAD {p}: {problem} (deleted)")
+                else:
+                    kept += 1
+                    print(f"BAD {p}: {problem} (in use by a run, which will find it bad and recompute it; kept)")
+        summary = temporaries(args.delete)
+        print(f"{len(entries)} entries checked, {len(bad)} bad" + (f" ({kept} in use)" if kept else "") + summary)
         return 1 if bad and not args.delete else 0
     # prune
-    if args.older_than is None and not args.match and not args.all and args.max_size is None:
-        raise HarnessError("harness cache prune: say what to remove: --older-than DAYS, --max-size SIZE, "
-                           "--match TEXT or --all")
     max_size = None if args.max_size is None else _parse_size(args.max_size)
     sizes = {p: p.stat().st_size for p in entries}
     used = {p: cache.last_used(p) for p in entries}
@@ -135,21 +161,25 @@ def cmd_cache(args) -> int:
         if args.match and args.match not in text:
             continue
         picked.append(p)
-    if max_size is not None:  # of the candidates, the least recently used until the cache fits
-        excess, keep_going = sum(sizes.values()) - max_size, []
-        for p in picked:
-            if excess <= 0:
-                break
-            keep_going.append(p)
-            excess -= sizes[p]
-        picked = keep_going
-    freed = sum(sizes[p] for p in picked)
+    # of the candidates, the least recently used (with --max-size: until the cache fits); an entry a live
+    # run holds is kept, and the next candidate taken instead
+    excess = None if max_size is None else sum(sizes.values()) - max_size
+    freed = removed = kept = 0
     for p in picked:
+        if excess is not None and excess <= 0:
+            break
+        if cache.in_use(p) if args.dry_run else not cache.remove_unused(p):
+            kept += 1
+            print(f"in use {p}: being read, or written and not yet read, by a live run; kept")
+            continue
         print(f"{'would remove' if args.dry_run else 'removed'} {p}")
-        if not args.dry_run:
-            cache.remove(p)
-    print(f"{len(picked)} entries, {freed / 1e9:.2f} GB {'would be ' if args.dry_run else ''}freed; "
-          f"{(sum(sizes.values()) - freed) / 1e9:.2f} GB {'would be ' if args.dry_run else ''}left")
+        removed, freed = removed + 1, freed + sizes[p]
+        if excess is not None:
+            excess -= sizes[p]
+    summary = temporaries(not args.dry_run)
+    print(f"{removed} entries, {freed / 1e9:.2f} GB {'would be ' if args.dry_run else ''}freed; "
+          f"{(sum(sizes.values()) - freed) / 1e9:.2f} GB {'would be ' if args.dry_run else ''}left"
+          + (f"; {kept} in use (kept)" if kept else "") + summary)
     return 0
 
 
@@ -282,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--match", metavar="TEXT", help="prune: entries whose encoder/dataset/split/representation contain TEXT")
     c.add_argument("--all", action="store_true", help="prune: every entry")
     c.add_argument("--dry-run", action="store_true", help="prune: list, remove nothing")
-    c.set_defaults(func=cmd_cache)
+    c.set_defaults(func=cmd_cache, parser=c)
     rep = sub.add_parser("report", help="re-render tables from an output directory's result JSON")
     rep.add_argument("dir")
     rep.add_argument("--format", default="simple", help="tabulate table format (simple, github, latex, ...)")
