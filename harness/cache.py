@@ -9,7 +9,8 @@ entry is reported, removed and recomputed, never used. Temporaries of dead proce
 
 Cache tools running beside live runs (``harness cache verify --delete``, ``prune``, the sweep at the start
 of every run) never remove what a live run needs. They use advisory ``flock`` locks, which the kernel
-releases when a process dies and which hold across containers sharing a filesystem: a writer holds an
+releases when a process dies and which hold across containers sharing a host's filesystem (and on NFS,
+where Linux maps them to the server's byte-range locks): a writer holds an
 exclusive lock on its temporary from creation through commit, and keeps it on the committed entry until
 this process first reads the entry (at most ``MAX_PINS`` entries); a reader holds a shared lock while it
 checks and maps an entry; a tool removes a file only while it holds the exclusive lock itself. A temporary
@@ -216,16 +217,15 @@ class FeatureCache:
             _release(lock)
 
     @staticmethod
-    def _read_lock(p: Path, tries: int = 5):
-        """A shared lock on ``p``, or None when it is missing or stays locked exclusively: briefly by a tool
-        removing it (then it is gone, a miss), or by another process that just wrote it and has not read
-        it yet (then it is protected already, and is read without a lock of ours)."""
-        for i in range(tries):
+    def _read_lock(p: Path):
+        """A shared lock on ``p``, or None when it is missing or stays locked exclusively: for microseconds
+        by a tool removing it (then it is gone: a miss), or by another process that wrote it and has not
+        read it yet (e.g. torchrun's rank 0; then it is protected already, and is read without our lock)."""
+        for wait in (0.01, None):
             f = _open_locked(p, exclusive=False)
-            if f is not None or not p.exists():
+            if f is not None or not p.exists() or wait is None:
                 return f
-            time.sleep(0.02)
-        return None
+            time.sleep(wait)
 
     @classmethod
     def _pin(cls, p: Path, f) -> None:

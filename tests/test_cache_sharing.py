@@ -220,14 +220,14 @@ def test_a_cache_tool_beside_a_live_run_keeps_what_it_writes(tmp_path, capsys, t
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _temporaries(cache), run)
-        (live,) = _temporaries(cache)
-        assert main(["cache", *tool, "--cache-dir", str(cache)]) == 0
+        (live,) = cache.rglob(".tmp-*")
+        code = main(["cache", *tool, "--cache-dir", str(cache)])
         out = capsys.readouterr().out
-        assert f"in use {next(cache.rglob(live))}: locked by the run writing it; kept" in out, out
-        assert "temporaries: 1 in use, 0 stale" in out.splitlines()[-1], out
     finally:
         stdout, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stdout + stderr
+    assert code == 0 and f"in use {live}: locked by the run writing it; kept" in out, out
+    assert "temporaries: 1 in use, 0 stale" in out.splitlines()[-1], out
     disturbed = json.loads((tmp_path / "b/results/c__colours__slow.json").read_text())
     assert disturbed["status"] == "ok" and disturbed["metrics"] == undisturbed["metrics"]
     assert len(FeatureCache(cache).entries()) == 1 and _temporaries(cache) == []
