@@ -251,16 +251,19 @@ def cmd_ls_one(plugins, kind: str, name: str) -> int:
 
 
 def cmd_ls(args) -> int:
+    """`harness ls [KIND [NAME]]`: every kind's plugins (three tables), one kind's, or one plugin."""
     from tabulate import tabulate
 
     plugins = _plugins(args)
+    kinds = [KIND_OF.get(args.kind, args.kind)] if args.kind else list(KIND_OF.values())
     if args.name:
-        return cmd_ls_one(plugins, KIND_OF[args.kind], args.name)
-    table = plugins.registry[KIND_OF[args.kind]]
-    rows = []
-    for name, reg in sorted(table.items()):
-        rows.append([name, reg.origin, reg.description])
-    print(tabulate(rows, headers=["name", "origin", "description"], tablefmt="simple"))
+        return cmd_ls_one(plugins, kinds[0], args.name)
+    for i, kind in enumerate(kinds):
+        table = plugins.registry[kind]
+        if len(kinds) > 1:
+            print(f"{'' if i == 0 else chr(10)}{kind}s ({len(table)})")
+        rows = [[name, reg.origin, reg.description] for name, reg in sorted(table.items())]
+        print(tabulate(rows, headers=["name", "origin", "description"], tablefmt="simple"))
     return 0
 
 
@@ -296,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoders fed by one pass over the data (default: all that need it)")
     r.set_defaults(func=cmd_run)
     spec_cmd("validate", "validate a spec without computing anything").set_defaults(func=cmd_validate)
-    ls = sub.add_parser("ls", help="list registered encoders, datasets or tasks", parents=[common])
-    ls.add_argument("kind", choices=sorted(KIND_OF))
+    ls = sub.add_parser("ls", help="list registered encoders, datasets and tasks", parents=[common])
+    ls.add_argument("kind", nargs="?", choices=sorted(KIND_OF) + sorted(KIND_OF.values()), metavar="KIND",
+                    help="encoders, datasets or tasks (or encoder, dataset, task); default: all three")
     ls.add_argument("name", nargs="?", help="show this plugin's options (type, default, help)")
     ls.set_defaults(func=cmd_ls)
     sub.add_parser("plugins", help="loaded plugins as JSON", parents=[common]).set_defaults(func=cmd_plugins)
