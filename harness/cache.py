@@ -229,6 +229,7 @@ class FeatureCache:
 
     @classmethod
     def _pin(cls, p: Path, f) -> None:
+        _release(cls._pins.pop(str(p), None))  # the entry rewritten: its former file is gone
         cls._pins[str(p)] = f
         while len(cls._pins) > MAX_PINS:  # the oldest first: an entry written but not read soon after
             _release(cls._pins.pop(next(iter(cls._pins))))
