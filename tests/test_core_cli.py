@@ -115,3 +115,15 @@ def test_ls_accepts_singular_kinds(capsys, monkeypatch):
     assert code == 0 and out.startswith("toy_colours (dataset, file:")
     code, _, err = _run(["ls", "dataset", "toy_colour"], capsys, monkeypatch)
     assert code == 1 and "unknown dataset 'toy_colour'; did you mean 'toy_colours'?" in err
+
+
+def test_output_piped_into_head_is_no_error():
+    """`harness ls | head -1`: the reader stops early; harness exits quietly, without a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("harness")
+    r = subprocess.run(f"'{exe}' ls | head -1", shell=True, capture_output=True, text=True,
+                       executable="/bin/bash")
+    assert r.stdout.strip() and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
