@@ -15,6 +15,7 @@ from harness.spec import validate_options
 from harness.testing import FakeContext, StubDataset
 from partbench_plugins.encoders.baselines import RandomViT
 from partbench_plugins.tasks import linear_seg as ls
+from partbench_plugins.tasks import seg_mmseg
 from partbench_plugins.tasks.dense import HeadBank, warmup_poly_lr
 
 CLASSES = ["red", "green", "blue"]
@@ -73,19 +74,12 @@ def test_geometry_follows_mmcv_and_mmseg():
 
 
 def _mmseg_model(encoder, C, crop, stride, aux=True, lr=4e-4, iters=160000, warmup=1500):
-    from mmseg.registry import MODELS
-
-    from partbench_plugins.tasks import seg_mmseg
-
-    seg_mmseg.register()
     cfg = seg_mmseg.build_config(encoder=encoder, blocks=[0, 1, 2, 3], embed_dim=TINY["embed_dim"], num_classes=C,
                                  classes=CLASSES, layout={"data_root": "/", "train": {}, "val": {}},
                                  scale=(96, 48), crop=crop, stride=stride, mean=encoder.opts["mean"],
                                  std=encoder.opts["std"], work_dir="/tmp", auxiliary=aux, lr=lr, iters=iters,
                                  warmup=warmup)
-    from mmengine.config import Config
-
-    return MODELS.build(Config(cfg).model), cfg
+    return seg_mmseg.instantiate(cfg["model"], "model"), cfg
 
 
 def fp16_like_the_cache(model):
@@ -98,8 +92,6 @@ def fp16_like_the_cache(model):
 def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_path):
     """k optimiser steps on cached window features == k mmseg train_steps on the same windows with the
     auxiliary head training alongside (no augmentation): same conv_seg weights to 1e-6."""
-    from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import PARAM_SCHEDULERS
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
 
@@ -125,8 +117,8 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
         model.decode_head.conv_seg.weight.copy_(bank.heads[0].conv_seg.weight)
         model.decode_head.conv_seg.bias.copy_(bank.heads[0].conv_seg.bias)
     aux_before = [p.detach().clone() for p in model.auxiliary_head.parameters()]
-    wrapper = build_optim_wrapper(model, cfg["optim_wrapper"])
-    scheds = [PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper)) for s in cfg["param_scheduler"]]
+    wrapper = seg_mmseg.instantiate(cfg["optim_wrapper"], "optim_wrapper", model=model)
+    scheds = [seg_mmseg.instantiate(s, "param_scheduler", optimizer=wrapper) for s in cfg["param_scheduler"]]
     rng = np.random.default_rng(0)
     for it in range(6):
         idx = rng.choice(len(view), 4, replace=False)
@@ -156,9 +148,6 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
 def test_slide_inference_and_iou_equal_mmseg(data, tmp_path):
     """Our evaluation (cached windows, stitching, resize, argmax, IoU) == mmseg's EncoderDecoder slide
     inference + IoUMetric for the same head, on images larger and smaller than the crop."""
-    from mmcv.transforms import Compose
-    from mmseg.evaluation import IoUMetric
-
     _, val = data
     e = enc(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
     t = task(iterations=1)
@@ -176,9 +165,10 @@ def test_slide_inference_and_iou_equal_mmseg(data, tmp_path):
     with torch.no_grad():
         model.decode_head.conv_seg.load_state_dict(bank.heads[0].conv_seg.state_dict())
     model.eval()
-    pipe = Compose([dict(type="LoadImageFromFile"), dict(type="Resize", scale=(96, 48), keep_ratio=True),
-                    dict(type="LoadAnnotations", reduce_zero_label=True), dict(type="PackSegInputs")])
-    metric = IoUMetric()
+    pipe = seg_mmseg.instantiate(dict(type="Compose", transforms=[
+        dict(type="LoadImageFromFile"), dict(type="Resize", scale=(96, 48), keep_ratio=True),
+        dict(type="LoadAnnotations", reduce_zero_label=True), dict(type="PackSegInputs")]), "transform")
+    metric = seg_mmseg.instantiate(dict(type="IoUMetric"), "metric")
     metric.dataset_meta = {"classes": CLASSES}
     for i in range(len(val)):
         d = pipe({"img_path": val.image_paths[i], "seg_map_path": val.mask_paths[i], "reduce_zero_label": True,
