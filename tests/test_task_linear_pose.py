@@ -13,7 +13,7 @@ from PIL import Image
 from fixtures_data import COCO_KEYPOINT_NAMES, COCO_TRAIN, instantiate, write_coco
 from harness import HarnessError
 from partbench_plugins.datasets.coco_persons import CocoPersons, clip_box
-from partbench_plugins.tasks.dense import HeadBank
+from partbench_plugins.tasks.head_bank import HeadBank, adamw
 from partbench_plugins.tasks.linear_pose import PoseHead
 from partbench_plugins.tasks.pose_codec import PoseCodec, joints_mse_loss
 from partbench_plugins.tasks.pose_eval import evaluate_keypoints, keypoint_results
@@ -115,7 +115,7 @@ def test_a_head_on_informative_features_beats_a_shuffled_control():
     feats = torch.nn.functional.avg_pool2d(target, 2) * 10  # [n, k, 8, 6] maps: position information
 
     def train(targets):
-        bank = HeadBank(lambda: PoseHead(k, k, upsample=2), [1e-1], 0.0, seed=0)
+        bank = HeadBank(lambda: PoseHead(k, k, upsample=2), [1e-1], adamw(0.0), seed=0)
         for _ in range(600):
             bank.step(feats, lambda head, x: joints_mse_loss(head(x), targets, weight))
         with torch.no_grad():
@@ -191,3 +191,4 @@ def test_spec_runs_and_reports_the_table10_columns(tmp_path, capsys):
     for col in ("AP (paper)", "AP50 (paper)", "AR (paper)", "AR50 (paper)"):
         assert col in printed
     assert "6.80" in printed and "44.30" in printed
+

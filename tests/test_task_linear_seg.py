@@ -16,7 +16,7 @@ from harness.testing import FakeContext, StubDataset
 from partbench_plugins.encoders.baselines import RandomViT
 from partbench_plugins.tasks import linear_seg as ls
 from partbench_plugins.tasks import seg_mmseg
-from partbench_plugins.tasks.dense import HeadBank, warmup_poly_lr
+from partbench_plugins.tasks.head_bank import HeadBank, adamw
 
 CLASSES = ["red", "green", "blue"]
 TINY = dict(embed_dim=24, depth=4, num_heads=2, img_size=32, patch_size=8)
@@ -102,7 +102,7 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
     view = ls.window_view(train, geo, True, "train")
     ctx = FakeContext(e, StubDataset("s", {"train": train}), out_dir=tmp_path)
     feats = ctx.features(view, ["block.0", "block.1", "block.2", "block.3"], "pad:32:32")
-    labels = ls.LinearSeg._window_labels(train, geo, view)
+    labels = ls.window_labels(train, view)
     from partbench_plugins.tasks.dense import DenseMaps
 
     maps = DenseMaps(feats, ["block.0", "block.1", "block.2", "block.3"], (4, 4), 1, "cpu")
@@ -112,7 +112,8 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
     model.init_weights()
     model.train()
     torch.manual_seed(0)
-    bank = HeadBank(lambda: ls.LinearSegHead(4 * TINY["embed_dim"], 3), [0.05], 0.05)
+    bank = HeadBank(lambda: ls.LinearSegHead(4 * TINY["embed_dim"], 3), [0.05], adamw(0.05),
+                    lambda base, it: ls.warmup_poly_lr(base, it, 6, 3, 1e-6))
     with torch.no_grad():  # the same initial weights on both sides
         model.decode_head.conv_seg.weight.copy_(bank.heads[0].conv_seg.weight)
         model.decode_head.conv_seg.bias.copy_(bank.heads[0].conv_seg.bias)
@@ -135,7 +136,7 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
             s.step()
         # ours
         y = labels[torch.from_numpy(idx)]
-        bank.set_lr(lambda base: warmup_poly_lr(base, it, 6, 3, 1e-6))
+        bank.set_step(it)
         bank.step(maps.batch(idx), lambda h, x: ls.seg_loss(h(x), y))
     ours = bank.heads[0].conv_seg
     theirs = model.decode_head.conv_seg
@@ -151,14 +152,11 @@ def test_slide_inference_and_iou_equal_mmseg(data, tmp_path):
     _, val = data
     e = enc(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
     t = task(iterations=1)
-    geo = ls._Geometry(val, (96, 48), (32, 32), (24, 24))
-    view = ls.window_view(val, geo, False, "val")
-    ctx = FakeContext(e, StubDataset("s", {"val": val}), out_dir=tmp_path)
-    reps = ["block.0", "block.1", "block.2", "block.3"]
-    feats = ctx.features(view, reps, "pad:32:32")
-    torch.manual_seed(3)
-    bank = HeadBank(lambda: ls.LinearSegHead(4 * TINY["embed_dim"], 3), [1.0], 0.0)
-    ours = t._evaluate(ctx, bank, val, geo, view, feats, reps, (4, 4), 1, 3)[0]
+    ctx = FakeContext(e, StubDataset("s", {"train": val, "val": val}), out_dir=tmp_path)
+    unit = t.prepare(ctx)  # the dataset's geometry: scale 96x48, crop 32x32, stride 24x24
+    assert unit.views["test"].geo.crop == (32, 32) and unit.grid == (4, 4)
+    bank = HeadBank(lambda: ls.LinearSegHead(4 * TINY["embed_dim"], 3), [1.0], adamw(0.0), seed=3)
+    ours = t.decoder(unit).evaluate(bank)[0]
 
     model, cfg = _mmseg_model(e, 3, (32, 32), (24, 24), aux=False)
     fp16_like_the_cache(model)
