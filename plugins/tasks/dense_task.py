@@ -30,8 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from harness import HarnessError, Option, Samples, Task
-from harness.api import FeatureRequest
+from harness.api import FeatureRequest, HarnessError, Option, Samples, Task
 
 from .dense import DenseMaps, DerivedSamples, tokens_to_maps
 from .head_bank import Factory, HeadBank, check_lrs, learning_rates
@@ -122,6 +121,7 @@ class DenseUnit:
 
     @property
     def channels(self) -> int:
+        """K*D: the width of the concatenated maps (read off the test view's arrays)."""
         return sum(int(a.shape[2]) for a in self.features("test").values())
 
     def maps(self, role: str) -> DenseMaps:
@@ -142,6 +142,8 @@ class DenseUnit:
                 yield idx, maps.batch(idx)
 
     def _streamed(self, view, order, bs: int):
+        """Re-encode ``order`` and regroup the encoder's batches into batches of ``bs`` (a remainder shorter
+        than ``bs`` is dropped, as in the cached path)."""
         buf_i, buf_x = [], []
         for idx, out in self.ctx.stream(view, self.reps, self.transform, order):
             buf_i.append(np.asarray(idx))
