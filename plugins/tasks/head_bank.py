@@ -101,7 +101,8 @@ class HeadBank:
     def step(self, x: torch.Tensor, loss_of: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """One optimiser step of every head on the batch ``x``; returns the heads' losses [K] (detached)."""
         for h in self.heads:
-            h.train()
+            if not h.training:  # (a recursive train() per step costs more than a small head's step)
+                h.train()
         inp = self._input(x)
         losses = torch.stack([loss_of(h, inp) for h in self.heads])
         self.optim.zero_grad(set_to_none=True)
@@ -112,8 +113,11 @@ class HeadBank:
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every head's output on ``x``, in evaluation mode."""
+        for h in self.heads:
+            if h.training:
+                h.eval()
         inp = self._input(x)
-        return [h.eval()(inp) for h in self.heads]
+        return [h(inp) for h in self.heads]
 
     def state(self) -> list[dict]:
         return [{k: v.detach().cpu() for k, v in h.state_dict().items()} for h in self.heads]
