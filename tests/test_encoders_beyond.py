@@ -28,7 +28,8 @@ from partbench_plugins.encoders.timm_model import TimmModel
 from partbench_plugins.encoders.weight_files import check_heads
 
 import _beyond_files as bf
-from test_encoders_checkpoints import CLASSES as PAPER_CLASSES, METHOD_NAME as PAPER_NAMES, W, make
+from _paper_files import W, make
+from test_encoders_checkpoints import CLASSES as PAPER_CLASSES, METHOD_NAME as PAPER_NAMES
 
 ATOL = 1e-5
 open_clip = import_open_clip()  # a dependency of the package (setup.cfg): never skipped

@@ -8,7 +8,8 @@ import torch
 
 from harness.cache import FeatureCache
 
-from test_encoders_checkpoints import W, encoder, make
+from _paper_files import W, make
+from test_encoders_checkpoints import encoder
 
 
 @pytest.mark.parametrize("method", ["dino", "ibot"])

@@ -22,7 +22,7 @@ from harness.spec import build_plan
 
 from fixtures_data import noise_image, write_cifar10, write_coco, write_cub
 from fixtures_seg import write_ade, write_img_ann
-from test_encoders_checkpoints import W, make
+from _paper_files import W, make
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
