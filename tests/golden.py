@@ -11,15 +11,16 @@ together with the plugin's ``version`` and the core's ``CORE_VERSION`` they were
     python tests/golden.py --update-all
 
 ``--update`` refuses to overwrite a golden file whose outputs changed while the plugin's version (and the
-core's) did not: bump the plugin's ``version`` first. A case whose *input* changed (this file or a builder it
-uses: every input is fingerprinted) is regenerated without a bump, and so are new cases. NAME is a plugin
-name, or ``encoder:NAME`` / ``task:NAME`` where an encoder and a task share it.
+core's) did not: bump the plugin's ``version`` first. Cases whose inputs changed are regenerated without a
+bump: each file records a fingerprint of what makes its inputs (the cases' code here, the builder modules of
+tests/ they import, the versions of numpy, timm, open_clip and pillow). NAME is a plugin name, or
+``encoder:NAME`` / ``task:NAME`` where an encoder and a task share it.
 
-Inputs are bit-identical on every machine: every random value comes from numpy's PCG64 generator (torch's
+Inputs are the same on every machine: every random value comes from numpy's PCG64 generator (torch's
 ``randn`` is not: its AVX2 and scalar kernels differ in the last bits), and the checkpoints are written from
 those values in the official layouts (tests/_paper_files.py, tests/_beyond_files.py). Outputs then differ
 between machines only by floating-point rounding (other kernels, other summation orders), which the
-tolerances below cover with a wide margin while any real change of the computation exceeds them.
+tolerances below cover with a wide margin while real changes of the computation exceed them.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -106,43 +107,13 @@ def reseed_(state: dict, seed: int) -> dict:
 
 
 def fingerprint(*objs) -> str:
-    """sha256 of everything a case feeds its plugin (tensors and arrays by dtype, shape and bytes; mappings
-    in key order; paths excluded by the caller)."""
-    h = hashlib.sha256()
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            t = o.detach().cpu().contiguous()
-            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        elif isinstance(o, np.ndarray):
-            a = np.ascontiguousarray(o)
-            h.update(f"A{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
-        elif isinstance(o, dict):
-            h.update(b"{")
-            for k in sorted(o, key=str):
-                h.update(repr(k).encode())
-                walk(o[k])
-            h.update(b"}")
-        elif isinstance(o, (list, tuple)):
-            h.update(b"[")
-            for v in o:
-                walk(v)
-            h.update(b"]")
-        elif isinstance(o, argparse.Namespace):
-            walk(vars(o))
-        else:
-            h.update(repr(o).encode())
-
-    for o in objs:
-        walk(o)
-    return h.hexdigest()
+    """sha256 of JSON-able objects (sources, versions)."""
+    return hashlib.sha256(json.dumps(objs, sort_keys=True).encode()).hexdigest()
 
 
 def case_code(obj, seen: set | None = None) -> list[str]:
     """The source of a case function and of everything of this file it uses (functions, classes, literal
-    constants), so that editing a case changes its input fingerprint as editing its data does."""
+    constants): part of the cases' input fingerprint (``case_inputs``)."""
     seen = set() if seen is None else seen
     if id(obj) in seen:
         return []
@@ -257,7 +228,7 @@ def compare_case(kind: str, golden: dict, now: dict, where: str) -> list[str]:
 
 def deviations(kind: str, golden: dict, now: dict) -> dict[str, tuple[float, float, str]]:
     """The largest deviation of each class of numbers (encoders: "values", "statistics"; tasks: "metrics",
-    "details") over the cases both documents have with the same input: (|diff| / tolerance, |diff|, where).
+    "details") over the cases both documents have: (|diff| / tolerance, |diff|, where).
     How far below its tolerance a machine stays (printed by --check)."""
     worst: dict[str, tuple[float, float, str]] = {}
 
@@ -269,11 +240,10 @@ def deviations(kind: str, golden: dict, now: dict) -> dict[str, tuple[float, flo
         if r >= worst.get(cls, (-1.0,))[0]:
             worst[cls] = (r, d, where)
 
-    for c, gc in golden["cases"].items():
-        nc = now["cases"].get(c)
-        if nc is None or nc["inputs"] != gc.get("inputs"):
+    for c, g in golden["cases"].items():
+        n = now["cases"].get(c)
+        if n is None:
             continue
-        g, n = gc["outputs"], nc["outputs"]
         if kind == "encoder":
             for rep in set(g) & set(n):
                 if g[rep]["shape"] != n[rep]["shape"]:
@@ -330,14 +300,6 @@ def build(kind: str, plugin: str, **options):
     return obj
 
 
-@dataclass
-class Case:
-    """What one case fed its plugin (a fingerprint) and what came out (JSON-able, before summarising)."""
-
-    inputs: str
-    outputs: dict
-
-
 def all_representations(enc) -> list[str]:
     reps = [r for r in enc.representations if r != "blocks"]
     if "blocks" in enc.representations:
@@ -345,7 +307,7 @@ def all_representations(enc) -> list[str]:
     return reps
 
 
-def encoder_case(plugin: str, options: dict, x: torch.Tensor, files=None) -> Case:
+def encoder_case(plugin: str, options: dict, x: torch.Tensor) -> dict:
     """Every representation the encoder offers, through the public forward (``Executor``)."""
     from harness.api import Executor
 
@@ -354,8 +316,7 @@ def encoder_case(plugin: str, options: dict, x: torch.Tensor, files=None) -> Cas
     run.ensure_loaded()
     reps = all_representations(enc)
     out = run(x, reps)
-    shown = {k: ("<file>" if isinstance(v, str) and Path(v).exists() else v) for k, v in options.items()}
-    return Case(fingerprint(plugin, shown, x, files), {r: out[r] for r in reps})
+    return {r: out[r] for r in reps}
 
 
 # ==============================================================================================================
@@ -391,7 +352,8 @@ class NumpyRand:
                 self.rng = np.random.default_rng(s)
 
             def n(self, *shape, std=None):
-                return normal(self.rng, *shape, std=(shape[-1] if len(shape) > 1 else 1) ** -0.5 if std is None else std)
+                fan_in = shape[-1] if len(shape) > 1 else 1
+                return normal(self.rng, *shape, std=fan_in ** -0.5 if std is None else std)
 
         return _R(seed)
 
@@ -400,7 +362,7 @@ PAPER_METHODS = ("deit", "mocov3", "dino", "ibot", "beit", "mae", "cae")
 NATIVE, OTHER = (224, 224), (160, 192)  # the checkpoints' own grid, and a non-square resampled one
 
 
-def _paper_encoder(method: str, tmp: Path, cases=None) -> dict[str, Case]:
+def _paper_encoder(method: str, tmp: Path, cases=None) -> dict[str, dict]:
     from _paper_files import HEADS, make
 
     seed = 100 + PAPER_METHODS.index(method)
@@ -412,15 +374,15 @@ def _paper_encoder(method: str, tmp: Path, cases=None) -> dict[str, Case]:
         for size in ((NATIVE, OTHER) if not label else (NATIVE,)):  # option variants at the native size
             x = image_batch(1, 2, *size)
             name = "x".join(map(str, size)) + (f"_{label}" if label else "")
-            out[name] = encoder_case(method, {"checkpoint": str(path), "num_heads": HEADS, **opts}, x, obj)
+            out[name] = encoder_case(method, {"checkpoint": str(path), "num_heads": HEADS, **opts}, x)
     small = small_embeddings_(copy.deepcopy(obj))
     torch.save(small, tmp / f"{method}_small.pth")
     out["224x224_small_embeddings"] = encoder_case(
-        method, {"checkpoint": str(tmp / f"{method}_small.pth"), "num_heads": HEADS}, image_batch(1, 2, *NATIVE), small)
+        method, {"checkpoint": str(tmp / f"{method}_small.pth"), "num_heads": HEADS}, image_batch(1, 2, *NATIVE))
     return out
 
 
-def _dinov2(tmp: Path) -> dict[str, Case]:
+def _dinov2(tmp: Path) -> dict[str, dict]:
     import _beyond_files as bf
 
     out = {}
@@ -431,28 +393,26 @@ def _dinov2(tmp: Path) -> dict[str, Case]:
         torch.save(obj, path)
         for size in ((224, 224), (154, 182)):
             out[f"{label}_{size[0]}x{size[1]}"] = encoder_case(
-                "dinov2", {"checkpoint": str(path), "num_heads": bf.HEADS}, image_batch(1, 2, *size), obj)
+                "dinov2", {"checkpoint": str(path), "num_heads": bf.HEADS}, image_batch(1, 2, *size))
     small = small_embeddings_(obj)  # the last file's
     torch.save(small, tmp / "dinov2_small.pth")
     out["vitg14_swiglu_224x224_small_embeddings"] = encoder_case(
-        "dinov2", {"checkpoint": str(tmp / "dinov2_small.pth"), "num_heads": bf.HEADS}, image_batch(1, 2, 224, 224),
-        small)
+        "dinov2", {"checkpoint": str(tmp / "dinov2_small.pth"), "num_heads": bf.HEADS}, image_batch(1, 2, 224, 224))
     return out
 
 
-def _ijepa(tmp: Path) -> dict[str, Case]:
+def _ijepa(tmp: Path) -> dict[str, dict]:
     import _beyond_files as bf
 
     obj = bf.ijepa_file(NumpyRand(4))
     path = tmp / "IN1K-vit.h.14-300e.pth.tar"
     torch.save(obj, path)
     out = {f"{h}x{w}": encoder_case("ijepa", {"checkpoint": str(path), "num_heads": bf.HEADS},
-                                    image_batch(1, 2, h, w), obj) for h, w in ((224, 224), (154, 182))}
+                                    image_batch(1, 2, h, w)) for h, w in ((224, 224), (154, 182))}
     small = small_embeddings_(obj)
     torch.save(small, tmp / "ijepa_small.pth.tar")
     out["224x224_small_embeddings"] = encoder_case(
-        "ijepa", {"checkpoint": str(tmp / "ijepa_small.pth.tar"), "num_heads": bf.HEADS}, image_batch(1, 2, 224, 224),
-        small)
+        "ijepa", {"checkpoint": str(tmp / "ijepa_small.pth.tar"), "num_heads": bf.HEADS}, image_batch(1, 2, 224, 224))
     return out
 
 
@@ -464,51 +424,44 @@ def _fresh_model(make: Callable, seed: int):
     return model
 
 
-def _clip(tmp: Path) -> dict[str, Case]:
+def _clip(tmp: Path) -> dict[str, dict]:
     import _beyond_files as bf
 
     out = {}
     model = _fresh_model(lambda: bf.clip_model(5, quick_gelu=True), 5)
     path = bf.write_openai_archive(model, tmp / "ViT-B-16.pt")
-    sd = model.state_dict()
     for size in ((224, 224), (160, 192)):
-        out[f"openai_{size[0]}x{size[1]}"] = encoder_case("clip", {"checkpoint": str(path)}, image_batch(1, 2, *size),
-                                                         ("openai archive", sd))
+        out[f"openai_{size[0]}x{size[1]}"] = encoder_case("clip", {"checkpoint": str(path)}, image_batch(1, 2, *size))
     model = _fresh_model(lambda: bf.clip_model(6, quick_gelu=False), 6)
     path = bf.write_openclip_dir(model, tmp / "laion-b16", quick_gelu=False)
-    out["openclip_224x224"] = encoder_case("clip", {"checkpoint": str(path)}, image_batch(1, 2, 224, 224),
-                                           ("openclip", bf.clip_cfg(False), model.state_dict()))
+    out["openclip_224x224"] = encoder_case("clip", {"checkpoint": str(path)}, image_batch(1, 2, 224, 224))
     small_embeddings_(model.state_dict())  # in place: the state dict shares the model's tensors
     path = bf.write_openclip_dir(model, tmp / "laion-b16-small", quick_gelu=False)
-    out["openclip_224x224_small_embeddings"] = encoder_case(
-        "clip", {"checkpoint": str(path)}, image_batch(1, 2, 224, 224), ("openclip", bf.clip_cfg(False),
-                                                                         model.state_dict()))
+    out["openclip_224x224_small_embeddings"] = encoder_case("clip", {"checkpoint": str(path)},
+                                                            image_batch(1, 2, 224, 224))
     return out
 
 
-def _siglip(tmp: Path) -> dict[str, Case]:
+def _siglip(tmp: Path) -> dict[str, dict]:
     import _beyond_files as bf
 
     model = _fresh_model(lambda: bf.siglip_model(7), 7)
     oc, tm = bf.write_siglip_files(model, tmp / "siglip")
-    sd = model.state_dict()
     out = {}
     for label, path in (("open_clip", oc), ("timm", tm)):
         for size in ((224, 224), (160, 192)):
             if label == "open_clip" and size != (224, 224):
                 continue
             out[f"{label}_{size[0]}x{size[1]}"] = encoder_case(
-                "siglip", {"checkpoint": str(path), "num_heads": bf.SIGLIP_HEADS}, image_batch(1, 2, *size),
-                (label, bf.siglip_cfg(), sd))
-    small_embeddings_(sd)
+                "siglip", {"checkpoint": str(path), "num_heads": bf.SIGLIP_HEADS}, image_batch(1, 2, *size))
+    small_embeddings_(model.state_dict())  # in place: the state dict shares the model's tensors
     _, tm = bf.write_siglip_files(model, tmp / "siglip_small")
     out["timm_224x224_small_embeddings"] = encoder_case(
-        "siglip", {"checkpoint": str(tm), "num_heads": bf.SIGLIP_HEADS}, image_batch(1, 2, 224, 224),
-        ("timm", bf.siglip_cfg(), sd))
+        "siglip", {"checkpoint": str(tm), "num_heads": bf.SIGLIP_HEADS}, image_batch(1, 2, 224, 224))
     return out
 
 
-def _timm(tmp: Path) -> dict[str, Case]:
+def _timm(tmp: Path) -> dict[str, dict]:
     import re as _re
 
     import _beyond_files as bf
@@ -522,12 +475,12 @@ def _timm(tmp: Path) -> dict[str, Case]:
     torch.save(obj, path)
     opts = {"model": "vit_tiny_patch16_224", "checkpoint": str(path), "strip_prefixes": ["module."],
             "model_kwargs": kw}
-    out = {f"vit_tiny_{h}x{w}": encoder_case("timm", opts, image_batch(1, 2, h, w), obj)
+    out = {f"vit_tiny_{h}x{w}": encoder_case("timm", opts, image_batch(1, 2, h, w))
            for h, w in ((224, 224), (160, 192))}
     small = small_embeddings_(copy.deepcopy(obj))
     torch.save(small, tmp / "vit_tiny_small.pth")
     out["vit_tiny_224x224_small_embeddings"] = encoder_case(
-        "timm", {**opts, "checkpoint": str(tmp / "vit_tiny_small.pth")}, image_batch(1, 2, 224, 224), small)
+        "timm", {**opts, "checkpoint": str(tmp / "vit_tiny_small.pth")}, image_batch(1, 2, 224, 224))
     # DeiT III (facebookresearch/deit layout: gamma_1/gamma_2, a pos_embed without the CLS slot)
     model = _fresh_model(lambda: timm.create_model("deit3_base_patch16_224", pretrained=False, **bf.DEIT3_KW), 8)
     obj = {"model": {_re.sub(r"ls([12])\.gamma", r"gamma_\1", k): v for k, v in model.state_dict().items()}}
@@ -535,23 +488,23 @@ def _timm(tmp: Path) -> dict[str, Case]:
     torch.save(obj, path)
     opts = {"model": "deit3_base_patch16_224", "checkpoint": str(path), "model_kwargs": bf.DEIT3_KW,
             "filter_kwargs": {"adapt_layer_scale": True}, "pretraining": "supervised"}
-    out["deit3_224x224"] = encoder_case("timm", opts, image_batch(1, 2, 224, 224), obj)
+    out["deit3_224x224"] = encoder_case("timm", opts, image_batch(1, 2, 224, 224))
     return out
 
 
-def _tiny_pretrained(tmp: Path) -> dict[str, Case]:
+def _tiny_pretrained(tmp: Path) -> dict[str, dict]:
     from partbench_plugins.encoders.tiny_pretrained import METHODS
 
     return {f"{m}_{s}x{s}": encoder_case("tiny_pretrained", {"method": m}, image_batch(1, 2, s, s))
             for m in METHODS for s in (64, 96)}
 
 
-def _random_vit(tmp: Path) -> dict[str, Case]:
+def _random_vit(tmp: Path) -> dict[str, dict]:
     opts = dict(embed_dim=64, depth=2, num_heads=2, patch_size=16, img_size=64, seed=3)
     return {f"{s}x{s}": encoder_case("random_vit", opts, image_batch(1, 2, s, s)) for s in (64, 96)}
 
 
-def _pixels(tmp: Path) -> dict[str, Case]:
+def _pixels(tmp: Path) -> dict[str, dict]:
     return {"32x48": encoder_case("pixels", {"grid": 4, "patch_size": 16}, image_batch(1, 2, 32, 48))}
 
 
@@ -583,7 +536,7 @@ def _cae(tmp):
     return _paper_encoder("cae", tmp, cases={"": {}, "ln_eps_1e-5": {"ln_eps": 1e-5}})
 
 
-ENCODER_CASES: dict[str, Callable[[Path], dict[str, Case]]] = {
+ENCODER_CASES: dict[str, Callable[[Path], dict[str, dict]]] = {
     "deit": _deit, "mocov3": _mocov3, "dino": _dino, "ibot": _ibot, "beit": _beit, "mae": _mae, "cae": _cae,
     "dinov2": _dinov2,
     "ijepa": _ijepa,
@@ -637,11 +590,11 @@ class ExactPatches:
         return enc
 
 
-def task_case(plugin: str, options: dict, ctx, inputs) -> tuple[Any, dict]:
+def task_case(plugin: str, options: dict, ctx) -> dict:
+    """The task's result on a FakeContext, built as a spec builds it."""
     task = build("task", plugin, **options)
     ctx.task = task
-    res = task.run(ctx)
-    return res, {"inputs": fingerprint(plugin, options, inputs)}
+    return task.run(ctx)
 
 
 def _flat(obj, prefix: str = "") -> dict:
@@ -666,11 +619,12 @@ def _pick(details: dict, *paths: str) -> dict:
     return out
 
 
-def _task_result(res: dict, meta: dict, *detail_paths: str, extra: dict | None = None) -> Case:
+def _task_result(res: dict, *detail_paths: str, extra: dict | None = None) -> dict:
+    """Metrics, the details at ``detail_paths`` (flattened) and ``extra`` numbers."""
     metrics = {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in res["metrics"].items()}
     details = _pick(res["details"], *detail_paths)
     details.update(extra or {})
-    return Case(meta["inputs"], {"metrics": metrics, "details": details})
+    return {"metrics": metrics, "details": details}
 
 
 def _curves(path: Path, columns=("train_loss",)) -> dict:
@@ -703,7 +657,7 @@ def _retrieval_features(seed: int = 0):
     return Samples([f"item{i}" for i in range(n)], y, classes, {"kept": n}), feats
 
 
-def _retrieval(tmp: Path) -> dict[str, Case]:
+def _retrieval(tmp: Path) -> dict[str, dict]:
     from harness.testing import FakeContext, StubEncoder
 
     samples, feats = _retrieval_features()
@@ -713,14 +667,14 @@ def _retrieval(tmp: Path) -> dict[str, Case]:
         ctx = FakeContext(StubEncoder("enc", tuple(feats)), samples={"all": samples, "train": samples},
                           arrays={"all": feats, "train": feats}, out_dir=tmp / label)
         (tmp / label).mkdir()
-        res, meta = task_case("retrieval", opts, ctx, (samples.labels, feats))
+        res = task_case("retrieval", opts, ctx)
         reps = list(res["details"]["per_representation"])
-        out[label] = _task_result(res, meta, "representation.reported", "queries_without_positives",
+        out[label] = _task_result(res, "representation.reported", "queries_without_positives",
                                   *[f"per_representation.{r}.per_class" for r in reps])
     return out
 
 
-def _gallery(tmp: Path) -> dict[str, Case]:
+def _gallery(tmp: Path) -> dict[str, dict]:
     from PIL import Image
 
     from harness.api import Samples
@@ -749,12 +703,12 @@ def _gallery(tmp: Path) -> dict[str, Case]:
     out_dir.mkdir()
     ctx = FakeContext(StubEncoder("enc", ("cls", "mean_patch")), samples={"all": samples},
                       arrays={"all": {"cls": feats, "mean_patch": feats}}, out_dir=out_dir)
-    res, meta = task_case("gallery", {"top_k": 5, "tile": 16, "per_class": 2}, ctx, (samples.labels, feats))
+    res = task_case("gallery", {"top_k": 5, "tile": 16, "per_class": 2}, ctx)
     d = res["details"]
     extra = {f"queries.{r}.{k}": v for r, q in enumerate(d["queries"])
              for k, v in (("index", q["index"]), ("retrieved", ",".join(str(x["index"]) for x in q["retrieved"])),
                           *((f"similarity.{j}", x["similarity"]) for j, x in enumerate(q["retrieved"])))}
-    return {"per_class_2": _task_result(res, meta, "top_k", extra=extra)}
+    return {"per_class_2": _task_result(res, "top_k", extra=extra)}
 
 
 def _probe_data(seed: int, n_train: int, n_test: int, classes: int, d: int, sep: float, tokens: int = 0):
@@ -780,25 +734,25 @@ def _probe_data(seed: int, n_train: int, n_test: int, classes: int, d: int, sep:
     return samples, xtr, xte
 
 
-def _probe(plugin: str, tmp: Path, rep: str, opts: dict, data: tuple) -> Case:
+def _probe(plugin: str, tmp: Path, rep: str, opts: dict, data: tuple) -> dict:
     from harness.testing import FakeContext
 
     samples, xtr, xte = data
     out_dir = tmp / plugin
     out_dir.mkdir()
     ctx = FakeContext(None, samples=samples, arrays={"train": {rep: xtr}, "test": {rep: xte}}, out_dir=out_dir)
-    res, meta = task_case(plugin, opts, ctx, (samples["train"].labels, samples["test"].labels, xtr, xte))
-    return _task_result(res, meta, "best_epoch.epoch", "heldout_choice.epoch", "heldout_choice.base_lr",
+    res = task_case(plugin, opts, ctx)
+    return _task_result(res, "best_epoch.epoch", "heldout_choice.epoch", "heldout_choice.base_lr",
                         "heldout_choice.heldout_top1", "per_lr", extra=_curves(out_dir / "curves.csv"))
 
 
-def _linear_probe(tmp: Path) -> dict[str, Case]:
+def _linear_probe(tmp: Path) -> dict[str, dict]:
     data = _probe_data(0, 240, 120, 4, 16, sep=1.0)
     opts = {"epochs": 5, "batch_size": 32, "eval_batch_size": 64, "lr": 0.1, "lrs": [1.0], "heldout_fraction": 0.2}
     return {"gaussian_4_classes": _probe("linear_probe", tmp, "cls", opts, data)}
 
 
-def _attentive_probe(tmp: Path) -> dict[str, Case]:
+def _attentive_probe(tmp: Path) -> dict[str, dict]:
     data = _probe_data(1, 96, 48, 3, 8, sep=1.0, tokens=5)
     opts = {"epochs": 4, "batch_size": 16, "eval_batch_size": 32, "lr": 0.05, "lrs": [0.2], "num_heads": 2,
             "heldout_fraction": 0.25}
@@ -833,26 +787,26 @@ def _seg_split(root: Path, n: int, seed: int):
     samples = SegSamples(keys, ["red", "green", "blue"], {}, [str(root / "img" / f"{k}.png") for k in keys],
                          [str(root / "ann" / f"{k}.png") for k in keys],
                          defaults={"scale": [64, 32], "crop": [32, 32], "stride": [24, 24]})
-    return samples, [np.asarray(Image.open(p)) for p in samples.image_paths + samples.mask_paths]
+    return samples
 
 
-def _linear_seg(tmp: Path) -> dict[str, Case]:
+def _linear_seg(tmp: Path) -> dict[str, dict]:
     from harness.testing import FakeContext, StubDataset
 
-    train, train_px = _seg_split(tmp / "train", 6, 0)
-    val, val_px = _seg_split(tmp / "val", 3, 1)
+    train = _seg_split(tmp / "train", 6, 0)
+    val = _seg_split(tmp / "val", 3, 1)
     out_dir = tmp / "seg"
     out_dir.mkdir()
     ctx = FakeContext(ExactPatches(8), StubDataset("seg", {"train": train, "val": val}), out_dir=out_dir)
     opts = {"blocks": [0, 1], "iterations": 20, "batch_size": 4, "warmup": 2, "lr": 0.01, "lrs": [0.1]}
-    res, meta = task_case("linear_seg", opts, ctx, (train_px, val_px))
+    res = task_case("linear_seg", opts, ctx)
     losses = {}
     with open(out_dir / "loss.csv", newline="") as f:
         for row in csv.DictReader(f):
             if int(row["iteration"]) % 5 == 0:
                 losses.update({f"loss.{row['iteration']}.{k.split('@')[1]}": float(v) for k, v in row.items()
                                if k.startswith("loss@")})
-    return {"fast_20_iterations": _task_result(res, meta, "per_lr", "per_class", "geometry", extra=losses)}
+    return {"fast_20_iterations": _task_result(res, "per_lr", "per_class", "geometry", extra=losses)}
 
 
 COCO_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -870,7 +824,7 @@ def _pose_split(root: Path, n: int, seed: int, first_id: int):
     rng = np.random.default_rng(seed)
     template = np.random.default_rng(99).uniform(0.15, 0.85, (17, 2))
     root.mkdir(parents=True)
-    images, anns, boxes, kps, pixels = [], [], [], [], []
+    images, anns, boxes, kps = [], [], [], []
     for i in range(n):
         iid = first_id + i
         x, y = float(rng.integers(4, 20)), float(rng.integers(4, 16))
@@ -887,7 +841,6 @@ def _pose_split(root: Path, n: int, seed: int, first_id: int):
                                                                 (151 * j + 200) % 256)
         path = root / f"{iid:06d}.png"
         Image.fromarray(img).save(path)
-        pixels.append(img)
         images.append({"id": iid, "file_name": path.name, "width": 96, "height": 96})
         anns.append({"id": 1000 + iid, "image_id": iid, "category_id": 1, "iscrowd": 0, "area": w * h,
                      "bbox": [x, y, w, h], "num_keypoints": int((k[:, 2] > 0).sum()),
@@ -918,27 +871,27 @@ def _pose_split(root: Path, n: int, seed: int, first_id: int):
 
     samples = Persons([f"{a['id']}" for a in anns], np.zeros(n, np.int64), ["person"], {"persons": n},
                       files=[ann_file])
-    return samples, (pixels, [a["keypoints"] for a in anns], boxes)
+    return samples
 
 
-def _linear_pose(tmp: Path) -> dict[str, Case]:
+def _linear_pose(tmp: Path) -> dict[str, dict]:
     from harness.testing import FakeContext, StubDataset
 
-    train, train_in = _pose_split(tmp / "train", 16, 0, 1)
-    test, test_in = _pose_split(tmp / "test", 8, 1, 101)
+    train = _pose_split(tmp / "train", 16, 0, 1)
+    test = _pose_split(tmp / "test", 8, 1, 101)
     out_dir = tmp / "pose"
     out_dir.mkdir()
     ctx = FakeContext(ExactPatches(16), StubDataset("persons", {"train": train, "test": test}), out_dir=out_dir)
     opts = {"blocks": [0, 1], "input_size": [64, 48], "epochs": 12, "steps": [10], "batch_size": 4, "warmup": 3,
             "lr": 0.02, "lrs": [0.1], "weight_decay": 0.0}
-    res, meta = task_case("linear_pose", opts, ctx, (train_in, test_in))
+    res = task_case("linear_pose", opts, ctx)
     preds = json.loads((out_dir / "predictions.json").read_text())
     extra = {f"predictions.{p['image_id']}.{k}": v for p in preds
              for k, v in (("score", p["score"]), *((f"keypoints.{j}", p["keypoints"][j]) for j in (0, 1, 15, 16)))}
-    return {"crops_64x48_12_epochs": _task_result(res, meta, "per_lr", "final_loss", "iterations", extra=extra)}
+    return {"crops_64x48_12_epochs": _task_result(res, "per_lr", "final_loss", "iterations", extra=extra)}
 
 
-TASK_CASES: dict[str, Callable[[Path], dict[str, Case]]] = {
+TASK_CASES: dict[str, Callable[[Path], dict[str, dict]]] = {
     "retrieval": _retrieval,
     "gallery": _gallery,
     "linear_probe": _linear_probe,
@@ -988,27 +941,64 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
+def _local_modules(names, seen: set | None = None) -> list[str]:
+    """Sources of the helper modules of this folder that ``names`` import (and that they import in turn)."""
+    import ast
+
+    seen = set() if seen is None else seen
+    out = []
+    for name in sorted(set(names)):
+        path = HERE / f"{name.split('.')[0]}.py"
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        text = path.read_text()
+        out.append(f"# {path.name}\n{text}")
+        tree = ast.parse(text)
+        out += _local_modules([a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+                              + [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module], seen)
+    return out
+
+
+def case_inputs(kind: str, name: str) -> str:
+    """Fingerprint of what a plugin's cases feed it, from what makes those inputs: the cases' code in this
+    file, the helper modules of tests/ they import (checkpoint builders), and the versions of the libraries
+    that build or draw them. Not from the data itself, whose last bits may differ between machines (torch's
+    sin/cos in a builder); the outputs are compared within tolerances anyway."""
+    import importlib.metadata as md
+
+    fn = CASES[kind][name]
+    code = case_code(fn) + (case_code(summarise_tensor) if kind == "encoder" else [])
+    imports = set()
+    for text in code:  # every import statement of the code (cases import their builders inside)
+        imports |= set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", text, re.M))
+    versions = {}
+    for dist in ("numpy", "timm", "open_clip_torch", "pillow"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return fingerprint(code, _local_modules(imports), versions)
+
+
 def make_document(kind: str, name: str) -> dict:
     """Run every case of a plugin and summarise its outputs: the golden document it would have now."""
     from harness.api import CORE_VERSION
 
     reg = registration(kind, name)
     if name not in CASES[kind]:
-        raise KeyError(f"no golden case for the built-in {kind} '{name}': add one to CASES['{kind}'] in tests/golden.py "
-                       f"(how it is built on a tiny fixed input), then run `{command(name)}`")
-    fn = CASES[kind][name]
-    code = case_code(fn) + (case_code(summarise_tensor) if kind == "encoder" else [])
+        raise KeyError(f"no golden case for the built-in {kind} '{name}': add one to CASES['{kind}'] in "
+                       f"tests/golden.py (how it is built on a tiny fixed input), then run `{command(name)}`")
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp, _one_thread():
-        cases = fn(Path(tmp))
+        cases = CASES[kind][name](Path(tmp))
     doc = {"plugin": name, "kind": kind, "class": f"{reg.cls.__module__}.{reg.cls.__qualname__}",
-           "version": str(reg.cls.version), "core_version": str(CORE_VERSION),
+           "version": str(reg.cls.version), "core_version": str(CORE_VERSION), "inputs": case_inputs(kind, name),
            "made_with": {"torch": torch.__version__, "numpy": np.__version__, "machine": platform.machine(),
                          "cpu_capability": torch.backends.cpu.get_cpu_capability()},
            "cases": {}}
-    for cname, case in cases.items():
-        outputs = ({rep: summarise_tensor(f"{cname}/{rep}", t) for rep, t in case.outputs.items()}
-                   if kind == "encoder" else json.loads(json.dumps(case.outputs)))
-        doc["cases"][cname] = {"inputs": fingerprint(case.inputs, code), "outputs": outputs}
+    for cname, outputs in cases.items():
+        doc["cases"][cname] = ({rep: summarise_tensor(f"{cname}/{rep}", t) for rep, t in outputs.items()}
+                               if kind == "encoder" else json.loads(json.dumps(outputs)))
     return doc
 
 
@@ -1028,27 +1018,31 @@ def write_document(doc: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=1)
     # lists of numbers on one line: the files stay short and a diff shows which case and output changed
-    text = re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]", lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]",
-                  text)
+    text = re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]",
+                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
     path.write_text(text + "\n")
 
 
 @dataclass
 class Comparison:
-    """A golden document against the outputs of now, per case. A case's input fingerprint (its data and its
-    code in this file) tells a change of the plugin (same input, other outputs) from a change of the case."""
+    """A golden document against the outputs of now. Whether the cases' inputs are the same (``case_inputs``)
+    tells a change of the plugin (same inputs, other outputs) from a change of its cases."""
 
-    changed: dict[str, list[str]]  # same input, outputs differ: the plugin changed
-    new_input: dict[str, list[str]]  # the input changed and the outputs differ: the case was edited
-    refreshed: list[str]  # the input changed, the outputs did not
+    same_inputs: bool
+    changed: dict[str, list[str]]  # case -> what differs beyond the tolerances
     added: list[str]
     removed: list[str]
 
     @property
+    def plugin_changed(self) -> bool:
+        """Outputs of the same inputs moved, or a case vanished (a new case alone, e.g. for a new option
+        value of the plugin, changes nothing that was recorded)."""
+        return self.same_inputs and bool(self.changed or self.removed)
+
+    @property
     def lines(self) -> list[str]:
-        """What fails the test (a changed input alone does not: the outputs still agree)."""
+        """What fails the test (changed inputs alone do not: the outputs still agree)."""
         out = [line for lines in self.changed.values() for line in lines]
-        out += [line for lines in self.new_input.values() for line in lines]
         out += [f"{c}: a case without golden outputs" for c in self.added]
         out += [f"{c}: in the golden file but no longer a case" for c in self.removed]
         return out
@@ -1056,26 +1050,19 @@ class Comparison:
 
 def compare(kind: str, golden: dict, now: dict) -> Comparison:
     g, n = golden["cases"], now["cases"]
-    changed, new_input, refreshed = {}, {}, []
-    for c in sorted(set(g) & set(n)):
-        lines = compare_case(kind, g[c]["outputs"], n[c]["outputs"], c)
-        same_input = g[c].get("inputs") == n[c]["inputs"]
-        if lines:
-            (changed if same_input else new_input)[c] = lines
-        elif not same_input:
-            refreshed.append(c)
-    return Comparison(changed, new_input, refreshed, sorted(set(n) - set(g)), sorted(set(g) - set(n)))
+    changed = {c: lines for c in sorted(set(g) & set(n)) if (lines := compare_case(kind, g[c], n[c], c))}
+    return Comparison(golden.get("inputs") == now["inputs"], changed, sorted(set(n) - set(g)),
+                      sorted(set(g) - set(n)))
 
 
 def check(kind: str, name: str, root: Path = GOLDEN_DIR) -> tuple[bool, str]:
-    """(ok, what is wrong and what to do): the golden file exists, was made with the plugin's current version,
-    and its outputs equal the plugin's outputs now within the tolerances."""
+    """(ok, what is wrong and what to do, or how far below the tolerances the outputs stay): the golden file
+    exists, was made with the plugin's current version, and its outputs equal the plugin's outputs now."""
     path = golden_path(kind, name, root)
     version = str(registration(kind, name).cls.version)
     golden = load_document(path)
     if golden is None:
-        return False, (f"{kind} '{name}' has no golden file {_show(path)}: create it with "
-                       f"`{command(name)}`")
+        return False, f"{kind} '{name}' has no golden file {_show(path)}: create it with `{command(name)}`"
     if str(golden["version"]) != version:
         return False, (f"{kind} '{name}' is version {version} but {path.name} was made with version "
                        f"{golden['version']}: regenerate it with `{command(name)}`")
@@ -1086,22 +1073,26 @@ def check(kind: str, name: str, root: Path = GOLDEN_DIR) -> tuple[bool, str]:
     cmp = compare(kind, golden, now)
     if not cmp.lines:
         worst = deviations(kind, golden, now)
-        return True, "; ".join(f"{cls} identical" if d == 0 else f"{cls} {d:.1e} ({100 * r:.2g}% of the tolerance, {where})"
-                               for cls, (r, d, where) in sorted(worst.items()))
-    head = (f"{kind} '{name}': outputs differ from {_show(path)} beyond floating-point noise while its version is "
-            f"still '{version}'. If the change is intended, bump {_where_is_version(kind, name)} and run "
-            f"`{command(name)}`" if cmp.changed else
-            f"{kind} '{name}': its golden cases in tests/golden.py changed (inputs or case list); regenerate with "
-            f"`{command(name)}` (no version bump needed)")
-    if cmp.changed and str(golden.get("core_version")) != str(now["core_version"]):
-        head += (f" (the core's CORE_VERSION changed too, {golden.get('core_version')} -> {now['core_version']}: if "
-                 "the change is the core's, `--update` accepts it without a plugin bump)")
+        note = "" if cmp.same_inputs else " (its cases changed since the file was made: `--update` records that)"
+        return True, "; ".join(f"{cls} identical" if d == 0 else
+                               f"{cls} {d:.1e} ({100 * r:.2g}% of the tolerance, {where})"
+                               for cls, (r, d, where) in sorted(worst.items())) + note
+    if cmp.plugin_changed:
+        head = (f"{kind} '{name}': outputs differ from {_show(path)} beyond floating-point noise while its version "
+                f"is still '{version}'. If the change is intended, bump {_where_is_version(kind, name)} and run "
+                f"`{command(name)}`")
+        if str(golden.get("core_version")) != str(now["core_version"]):
+            head += (f" (CORE_VERSION changed too, {golden.get('core_version')} -> {now['core_version']}: if the "
+                     "change is the core's, `--update` accepts it without a plugin bump)")
+    else:
+        head = (f"{kind} '{name}': its cases in tests/golden.py changed (their code, a builder they import, or a "
+                f"library that makes their inputs): regenerate with `{command(name)}` (no version bump needed)")
     shown = cmp.lines[:12] + ([f"... and {len(cmp.lines) - 12} more"] if len(cmp.lines) > 12 else [])
     return False, head + ":\n  " + "\n  ".join(shown)
 
 
 def update(kind: str, name: str, root: Path = GOLDEN_DIR) -> str:
-    """Regenerate a golden file; what was done, as a line. Raises Refused when outputs of an unchanged input
+    """Regenerate a golden file; what was done, as a line. Raises Refused when outputs of the same inputs
     changed while the plugin's version (and the core's) stayed the same."""
     path = golden_path(kind, name, root)
     now = make_document(kind, name)
@@ -1110,31 +1101,32 @@ def update(kind: str, name: str, root: Path = GOLDEN_DIR) -> str:
     if golden is None:
         write_document(now, path)
         return f"{rel}: created (version {now['version']}, {len(now['cases'])} cases)"
-    if (str(golden["version"]), str(golden.get("core_version"))) != (now["version"], now["core_version"]):
+    core_before = str(golden.get("core_version"))
+    if (str(golden["version"]), core_before) != (now["version"], now["core_version"]):
         write_document(now, path)
-        return (f"{rel}: regenerated for version {now['version']} (was {golden['version']}"
-                f"{', core ' + str(golden.get('core_version')) + ' -> ' + now['core_version'] if str(golden.get('core_version')) != now['core_version'] else ''})")
+        core = f", core {core_before} -> {now['core_version']}" if core_before != now["core_version"] else ""
+        return f"{rel}: regenerated for version {now['version']} (was {golden['version']}{core})"
     cmp = compare(kind, golden, now)
-    if cmp.changed:
-        lines = [line for ls in cmp.changed.values() for line in ls]
+    if cmp.plugin_changed:
         raise Refused(f"{rel}: not overwritten: the outputs of {kind} '{name}' changed while its version is still "
                       f"'{now['version']}': bump {_where_is_version(kind, name)} first, then rerun "
-                      f"`{command(name)}`:\n  " + "\n  ".join(lines[:12]))
-    renewed = set(cmp.new_input) | set(cmp.refreshed) | set(cmp.added)
-    if not (renewed or cmp.removed):
+                      f"`{command(name)}`:\n  " + "\n  ".join(cmp.lines[:12]))
+    if cmp.same_inputs and not cmp.lines:
         return f"{rel}: up to date (version {now['version']})"
-    # cases that did not change keep their numbers (no churn from another machine's rounding)
-    now["cases"] = {c: (case if c in renewed else golden["cases"][c]) for c, case in now["cases"].items()}
+    # cases whose outputs agree keep their numbers (no churn from another machine's rounding)
+    now["cases"] = {c: (golden["cases"][c] if c in golden["cases"] and c not in cmp.changed else v)
+                    for c, v in now["cases"].items()}
     write_document(now, path)
-    what = [f"{len(cmp.added)} new" if cmp.added else "",
-            f"{len(cmp.new_input) + len(cmp.refreshed)} with a changed input" if cmp.new_input or cmp.refreshed else "",
+    what = [f"{len(cmp.changed)} changed" if cmp.changed else "", f"{len(cmp.added)} new" if cmp.added else "",
             f"{len(cmp.removed)} removed" if cmp.removed else ""]
-    return f"{rel}: updated cases ({', '.join(w for w in what if w)}; version {now['version']} unchanged)"
+    what = ", ".join(w for w in what if w) or "outputs unchanged"
+    return f"{rel}: updated for changed cases ({what}; version {now['version']} unchanged)"
 
 
 def stale_files(root: Path = GOLDEN_DIR) -> list[Path]:
     """Golden files of plugins that are no longer built in."""
-    return [p for kind in KINDS for p in sorted((Path(root) / f"{kind}s").glob("*.json")) if p.stem not in builtin(kind)]
+    return [p for kind in KINDS for p in sorted((Path(root) / f"{kind}s").glob("*.json"))
+            if p.stem not in builtin(kind)]
 
 
 # ==============================================================================================================
@@ -1165,6 +1157,9 @@ def main(argv=None) -> int:
     mode.add_argument("--list", action="store_true", help="built-in plugins, their versions and golden versions")
     ap.add_argument("--golden-dir", type=Path, default=GOLDEN_DIR, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every case is local; timm must not try the hub
     everything = [(k, n) for k in KINDS for n in builtin(k)]
     if a.list:
         for k, n in everything:

@@ -73,9 +73,23 @@ def test_a_changed_case_is_regenerated_without_a_bump(tmp_path, monkeypatch):
 
     monkeypatch.setitem(golden.CASES["encoder"], "pixels", other_input)
     ok, message = golden.check("encoder", "pixels", tmp_path)
-    assert not ok and "golden cases in tests/golden.py changed" in message and "no version bump needed" in message
-    assert "updated cases (1 with a changed input; version 1 unchanged)" in golden.update("encoder", "pixels", tmp_path)
+    assert not ok and "its cases in tests/golden.py changed" in message and "no version bump needed" in message
+    assert golden.update("encoder", "pixels", tmp_path).endswith("updated for changed cases (1 changed; version 1 "
+                                                                 "unchanged)")
     assert golden.check("encoder", "pixels", tmp_path)[0]
+
+
+def test_changed_inputs_with_the_same_outputs_pass_and_are_recorded_by_update(tmp_path, monkeypatch):
+    golden.update("encoder", "pixels", tmp_path)
+
+    def same_outputs(tmp):  # other code, the same numbers
+        return {"32x48": golden.encoder_case("pixels", {"patch_size": 16, "grid": 4}, golden.image_batch(1, 2, 32, 48))}
+
+    monkeypatch.setitem(golden.CASES["encoder"], "pixels", same_outputs)
+    ok, message = golden.check("encoder", "pixels", tmp_path)
+    assert ok and "its cases changed since the file was made" in message
+    assert "(outputs unchanged; version 1 unchanged)" in golden.update("encoder", "pixels", tmp_path)
+    assert golden.update("encoder", "pixels", tmp_path).endswith("up to date (version 1)")
 
 
 def test_rounding_noise_passes_and_a_small_real_difference_fails(tmp_path):
@@ -85,7 +99,7 @@ def test_rounding_noise_passes_and_a_small_real_difference_fails(tmp_path):
 
     def scaled(factor):
         d = json.loads(json.dumps(doc))
-        for out in d["cases"]["32x48"]["outputs"].values():
+        for out in d["cases"]["32x48"].values():
             out["sample"]["value"] = [v * factor for v in out["sample"]["value"]]
         golden.write_document(d, path)
         return golden.check("encoder", "pixels", tmp_path)
