@@ -60,12 +60,12 @@ def test_errors_name_the_file(tmp_path):
     (root / "ann" / "train" / "000001.png").unlink()
     with pytest.raises(HarnessError, match=r"000001.jpg: no label map .*000001.png \(1 image\(s\) without labels\)"):
         ds.check_split("train")
-    bad = np.zeros((10, 10), np.uint8)
+    bad = np.asarray(Image.open(root / "ann" / "val" / "000100.png")).copy()
     bad[0, 0] = 17  # 16 classes: 17 is out of range
     Image.fromarray(bad, mode="L").save(root / "ann" / "val" / "000100.png")
     with pytest.raises(HarnessError, match=r"000100.png: label 17 > 16 \(16 classes, 0 = ignored background\)"):
         ds.check_split("val")
-    Image.new("RGB", (10, 10)).save(root / "ann" / "val" / "000100.png")
+    Image.new("RGB", bad.shape[::-1]).save(root / "ann" / "val" / "000100.png")
     with pytest.raises(HarnessError, match="mode RGB; expected a single-channel index PNG"):
         ds.check_split("val")
     (root / "img" / "train").rename(root / "img" / "moved")

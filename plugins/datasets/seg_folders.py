@@ -6,24 +6,20 @@ colours), 0 = background/unlabelled, classes 1..C (``reduce_zero_label``: 0 -> 2
 
 ``SegFolderDataset`` is the base of the ADE20K, Pascal and LIP plugins: it declares the split folders,
 the classes and the official evaluation geometry; ``check_split`` (run at spec validation) finds missing
-folders, unpaired files and labels above C in the first few label maps; ``load`` returns a
-``harness.api.SegSamples`` whose ``layout`` lets mmseg's ``BaseSegDataset`` read the very same files.
+folders and unpaired files, then checks every label map (``label_maps``: size equal to its image's, values
+within the classes; the verdict is cached); ``load`` returns a ``harness.api.SegSamples`` whose ``layout``
+lets mmseg's ``BaseSegDataset`` read the very same files.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from harness import Dataset, HarnessError, Option
 from harness.api import SegSamples
 
 from ._common import expand, need_dir
-
-#: label maps read at validation to check their mode and values
-CHECKED_AT_VALIDATION = 8
+from .label_maps import check_label_maps
 
 
 def _stems(folder: Path, suffix: str) -> dict[str, Path]:
@@ -48,23 +44,6 @@ def pair_files(img_dir: Path, ann_dir: Path, img_suffix: str = ".jpg", seg_suffi
                            f"({len(lonely_ann)} label map(s) without images)")
     stems = sorted(imgs)
     return stems, [str(imgs[s]) for s in stems], [str(anns[s]) for s in stems]
-
-
-def check_label_map(path: str, num_classes: int, reduce_zero_label: bool = True) -> None:
-    """One-line error unless ``path`` is a single-channel index PNG with labels <= C (255 allowed)."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            arr = np.asarray(im) if mode in ("L", "P", "I", "I;16") else None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise HarnessError(f"{path}: unreadable label map ({type(exc).__name__}: {exc})") from None
-    if arr is None:
-        raise HarnessError(f"{path}: label map has mode {mode}; expected a single-channel index PNG (mode L or P)")
-    top = int(arr.max()) if arr.size else 0
-    limit = num_classes if reduce_zero_label else num_classes - 1
-    if top > limit and top != 255:
-        raise HarnessError(f"{path}: label {top} > {limit} ({num_classes} classes"
-                           f"{', 0 = ignored background' if reduce_zero_label else ''})")
 
 
 def read_classes_file(path) -> list[str]:
@@ -119,12 +98,7 @@ class SegFolderDataset(Dataset):
 
     def check_split(self, split: str) -> None:
         super().check_split(split)
-        img_dir, ann_dir = self._dirs(split)
-        _, _, labels = pair_files(img_dir, ann_dir, self.img_suffix, self.seg_suffix)
-        n = self.num_classes
-        for path in labels[:CHECKED_AT_VALIDATION]:
-            check_label_map(path, n)
-        self.class_names()
+        check_label_maps(self.load(split), f"{self.name} {split}: checking label maps")
 
     def load(self, split: str) -> SegSamples:
         img_dir, ann_dir = self._dirs(split)

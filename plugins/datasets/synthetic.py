@@ -48,6 +48,7 @@ from . import coco as coco_mod
 from . import cub as cub_mod
 from . import synthetic_objects
 from ._common import expand, need_dir, need_file, positive
+from .label_maps import check_label_maps
 from .part_crops import crop_samples
 from .seg_folders import folder_samples
 
@@ -370,18 +371,22 @@ def params(num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0,
     return out
 
 
+def is_generated(root: Path, *args) -> bool:
+    """Whether ``root`` holds the generation of these parameters (those of ``params``)."""
+    try:
+        return json.loads((root / MARKER).read_text()) == params(*args)
+    except (OSError, ValueError):
+        return False
+
+
 def ensure(root: Path, num_images: int, image_size: int, seed: int, hue_jitter: float = 0.0,
            kind: str = "birds") -> Path:
     """Generate ``root`` unless it already holds this exact generation (atomic: temp dir + rename)."""
     want = params(num_images, image_size, seed, hue_jitter, kind)
     marker = root / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == want:
-                return root
-        except (OSError, ValueError):
-            pass
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+    if is_generated(root, num_images, image_size, seed, hue_jitter, kind):
+        return root
+    if not marker.is_file() and root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise HarnessError(f"{root}: exists and is not a synthetic_parts folder (no {MARKER}); "
                            "refusing to overwrite it, choose another 'root'")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -507,6 +512,15 @@ class SyntheticParts(Dataset):
 
     def prepare(self) -> None:
         ensure(self._root(), *self._params())
+
+    def check_split(self, split: str) -> None:
+        """The masks of a generated seg format go through the label-map check every seg dataset gets (a
+        generation that does not exist yet is written by ``prepare`` at run time)."""
+        super().check_split(split)
+        fmt = self._o("format", "cub")
+        if fmt in SEG_FORMATS and is_generated(self._root(), *self._params()):
+            samples = self._seg(self._root(), SEG_FORMATS[fmt], split)
+            check_label_maps(samples, f"{self.name} {split}: checking label maps")
 
     def load(self, split: str):
         if split not in self.splits:
