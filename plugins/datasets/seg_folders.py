@@ -54,16 +54,19 @@ def read_classes_file(path) -> list[str]:
     return names
 
 
+#: the paper authors' releases (ADE20K-Part, Pascal-Part/-Object, LIP): img/{train,val}, ann/{train,val}
+RELEASE_LAYOUT = {"train": ("img/train", "ann/train"), "val": ("img/val", "ann/val")}
+
+
 class SegFolderDataset(Dataset):
     """Base of the folder-convention segmentation datasets. Subclasses set ``folders`` {split: (image dir,
-    label dir)} relative to the root, ``classes`` (names, or None for numbered names), ``num_classes``,
-    ``defaults`` (official geometry) and ``level``/``hierarchy`` (object or part, and the family that
-    pairs them, for the object-vs-part figure)."""
+    label dir)} relative to the root, ``classes`` (names, or None for names numbered after the ``level``:
+    part_001, ...), ``num_classes``, ``defaults`` (official geometry) and ``level``/``hierarchy`` (object
+    or part, and the family that pairs them, for the object-vs-part figure)."""
 
-    folders: dict[str, tuple[str, str]] = {}
+    folders: dict[str, tuple[str, str]] = RELEASE_LAYOUT
     classes: Sequence[str] | None = None
     num_classes: int = 0
-    class_prefix = "class"
     defaults: dict = {}
     img_suffix, seg_suffix = ".jpg", ".png"
     options = {
@@ -86,7 +89,7 @@ class SegFolderDataset(Dataset):
         if self.classes is not None:
             return list(self.classes)
         width = len(str(self.num_classes))
-        return [f"{self.class_prefix}_{k:0{width}d}" for k in range(1, self.num_classes + 1)]
+        return [f"{self.level or 'class'}_{k:0{width}d}" for k in range(1, self.num_classes + 1)]
 
     def _dirs(self, split: str) -> tuple[Path, Path]:
         if split not in self.folders:
