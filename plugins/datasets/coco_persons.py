@@ -26,9 +26,8 @@ from PIL import Image
 from harness import HarnessError, Option, hookimpl
 from harness.api import KeypointSamples
 
-from ._common import expand, need_file, open_rgb
+from ._common import SourceCache, expand, need_file, open_rgb
 from .coco import _LAYOUT, SET_OF_SPLIT, _CocoLayout, check_keypoint_lists, keypoint_category, load_coco
-from .part_crops import SourceCache
 
 
 def flip_pairs(names) -> list[tuple[int, int]]:
