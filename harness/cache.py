@@ -9,7 +9,6 @@ entry is reported, removed and recomputed, never used. Temporaries of dead proce
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -21,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import HarnessError
+from .errors import HarnessError
+from .interrupts import critical
+from .io import io_error
 
 CACHE_VERSION = 2  # 2: checksummed entries
 _TMP = ".tmp-"
-# a temporary of an entry: ".tmp-<domain>-<pid>-<key>.npy" or "<key>.json.tmp-<domain>-<pid>"
-_WRITER = re.compile(r"\.tmp-(?P<domain>[A-Za-z0-9_.]+)-(?P<pid>\d+)(?:-[0-9a-f]{64}\.npy)?$")
+# a temporary of an entry: ".tmp-<domain>-<pid>-<key>.npy" (a torchrun rank's shard: "...-<key>.rank<r>.npy")
+# or "<key>.json.tmp-<domain>-<pid>"
+_WRITER = re.compile(r"\.tmp-(?P<domain>[A-Za-z0-9_.]+)-(?P<pid>\d+)(?:-[0-9a-f]{64}(?:\.rank\d+)?\.npy)?$")
 
 
 def _pid_domain() -> str:
@@ -46,33 +48,6 @@ def writer_tag() -> str:
     """'<domain>-<pid>' of this process, in the names of the temporaries it writes."""
     return f"{PID_DOMAIN}-{os.getpid()}"
 HASH_CHUNK = 1 << 22
-
-
-class DiskFullError(HarnessError):
-    """No space left where the harness writes: fatal for the run (every later write would fail too)."""
-
-
-def io_error(path, exc: OSError, what: str) -> HarnessError:
-    """One line for a failed write; ENOSPC / EDQUOT become DiskFullError."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{path}: no space left on device ({what})")
-    return HarnessError(f"{path}: {exc.strerror or exc} ({what})")
-
-
-def write_text_atomic(path: Path, text: str, what: str) -> None:
-    """Write to a temporary sibling, then rename into place: a failed write (e.g. a full disk) leaves
-    neither a partial file nor the temporary, and raises one line naming the file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise io_error(path, exc, what) from None
 
 
 def array_checksum(path: Path) -> str:
@@ -193,6 +168,19 @@ class FeatureCache:
     def open_writer(self, key: str, shape: tuple, dtype, meta: dict) -> "_Writer":
         return _Writer(self, key, shape, dtype, meta)
 
+    def remove_own_temporaries(self) -> int:
+        """Remove every temporary this process wrote (an interrupted run cleaning up after itself)."""
+        n, tag = 0, writer_tag()
+        if not self.root.is_dir():
+            return 0
+        for p in set(self.root.glob(f"*/{_TMP}{tag}-*")) | set(self.root.glob(f"*/*{_TMP}{tag}")):
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+        return n
+
     def sweep_stale(self, older_than_s: float = 3600) -> int:
         """Remove temporaries of killed runs: at once those whose writer process (domain and pid in the
         name) is gone, and any other temporary (written in another host's or container's pid space,
@@ -264,8 +252,9 @@ class _Writer:
             self._f = None
             self.meta = {**self.meta, "blake2b": array_checksum(self.tmp)}
             meta_tmp.write_text(json.dumps(self.meta, indent=1, default=str))
-            os.replace(meta_tmp, self.final.with_suffix(".json"))
-            os.replace(self.tmp, self.final)  # the .npy appearing is what makes the entry exist
+            with critical():  # a signal waits until both names are in place
+                os.replace(meta_tmp, self.final.with_suffix(".json"))
+                os.replace(self.tmp, self.final)  # the .npy appearing is what makes the entry exist
         except OSError as exc:
             self.abort()
             try:

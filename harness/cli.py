@@ -9,7 +9,7 @@ import textwrap
 import time
 import warnings
 
-from .api import HarnessError
+from .api import HarnessError, SpecError
 
 KIND_OF = {"encoders": "encoder", "datasets": "dataset", "tasks": "task"}
 
@@ -34,10 +34,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from . import report
+    from . import interrupts, report
     from .runner import output_dir, run_plan
 
-    plan = _plan(args, _plugins(args))  # everything is validated before anything is written
+    plugins = _plugins(args)
+    plan = _plan(args, plugins)  # everything is validated before anything is written
     out = output_dir(plan, args.out)
     if args.dry_run:
         print(f"{args.spec}: {len(plan.units)} units -> {out}")
@@ -46,14 +47,22 @@ def cmd_run(args) -> int:
             print(f"  {u.id}{'  (result exists)' if done else ''}")
         return 0
     t0 = time.perf_counter()
-    results = run_plan(plan, out, force=args.force, show_progress=not args.no_progress,
-                       cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True),
-                       workers=args.workers, encoders_per_pass=args.encoders_per_pass)
-    if not results.main:  # torchrun: rank 0 reports
-        return 0
-    fresh = len(results) - results.skipped
-    written = report.write_report(out, results, figure=fresh > 0 or not (out / "summary.png").exists())
-    print(report.render(results))
+    interrupts.install()
+    try:
+        results = run_plan(plan, out, force=args.force, show_progress=not args.no_progress,
+                           cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True),
+                           workers=args.workers, encoders_per_pass=args.encoders_per_pass)
+        if not results.main:  # torchrun: rank 0 reports
+            return 0
+        fresh = len(results) - results.skipped
+        written = report.write_report(out, results, figure=fresh > 0 or not (out / "summary.png").exists(),
+                                      plugins=plugins)
+    except interrupts.Interrupted as exc:
+        if os.environ.get("RANK", "0") == "0":
+            done = f"{exc.done} of {exc.total}" if exc.total is not None else "some"
+            print(f"interrupted: {done} units done; rerun the same command to resume", file=sys.stderr, flush=True)
+        return exc.exit_code
+    print(report.render(results, reports=report.report_plugins(plugins)))
     print(f"{len(results)} units: {fresh} run, {results.skipped} resumed, {results.failed} failed; "
           f"{results.forwards} encoder forwards; {time.perf_counter() - t0:.1f} s")
     print(f"results: {out / 'results'}  report: {written['markdown']}")
@@ -162,9 +171,10 @@ def _parse_size(text: str) -> int:
 def cmd_report(args) -> int:
     from . import report
 
+    plugins = _plugins(args)
     results = report.load_results(args.dir)
-    report.write_report(args.dir, results)
-    print(report.render(results, args.format))
+    report.write_report(args.dir, results, plugins=plugins)
+    print(report.render(results, args.format, report.report_plugins(plugins)))
     return 0
 
 
@@ -290,8 +300,11 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except HarnessError as exc:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
             print(f"error: {exc}", file=sys.stderr)
+        elif not isinstance(exc, SpecError):  # a spec error is every rank's alike: rank 0 says it
+            print(f"error: rank {rank}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import TOY_PLUGINS
-from harness.cache import PID_DOMAIN, DiskFullError, FeatureCache, writer_tag
+from harness.cache import PID_DOMAIN, FeatureCache, writer_tag
+from harness.io import DiskFullError
 from harness.cli import main
 from harness.runner import run_spec
 

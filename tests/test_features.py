@@ -18,7 +18,8 @@ from harness import HarnessError, Samples
 from harness import transforms as T
 from harness.cache import FeatureCache
 from harness.execution import encode
-from harness.features import FeatureEngine, load_batches
+from harness.features import FeatureEngine
+from harness.loading import load_batches
 from harness.progress import LogProgress
 from harness.testing import StubDataset
 from partbench_plugins.encoders.baselines import Pixels, RandomViT
@@ -243,7 +244,7 @@ def test_one_and_two_processes_give_the_same_cache_and_metrics(tmp_path):
 
 
 def test_persistent_loader_reuses_its_workers_and_follows_a_new_order():
-    from harness.features import Loader
+    from harness.loading import Loader
 
     samples = NoiseSamples(n=17)
     ref = Loader(samples, "resize:32", 4, workers=0)
