@@ -26,10 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from harness import HarnessError
-from harness.api import SegSamples
-from harness.cache import default_cache_dir
-from harness.progress import progress
+from harness.api import HarnessError, SegSamples, default_cache_dir, progress
 
 #: bump when the checks change: older verdicts are then ignored
 CHECK_VERSION = 1

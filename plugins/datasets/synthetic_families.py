@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from harness import HarnessError
+from harness.api import HarnessError
 
 from . import coco as coco_mod
 from . import cub as cub_mod
