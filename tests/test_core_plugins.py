@@ -21,11 +21,31 @@ def test_builtins_load_through_entry_points():
     assert p.registry["encoder"]["random_vit"].origin == "partbench:baselines"
 
 
-def test_plugins_folder_is_not_installed_as_generic_plugins_module():
-    import importlib.util
+def test_plugins_folder_is_not_installed_as_generic_plugins_module(tmp_path):
+    """The installed distribution provides plugins/ as `partbench_plugins` only. Asked from a folder outside
+    the checkout: `python -m pytest` puts the checkout itself first on sys.path, where its plugins/ folder is
+    importable as `plugins` whatever the installation does (and the checkout's own partbench.egg-info shadows
+    the installed metadata)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    assert importlib.util.find_spec("plugins") is None or "partbench" not in str(
-        importlib.util.find_spec("plugins").origin or "")
+    probe = ("import importlib.metadata as m, importlib.util as u, json\n"
+             "s = u.find_spec('plugins')\n"
+             "d = m.distribution('partbench')\n"
+             "print(json.dumps({'origin': s and (s.origin or list(s.submodule_search_locations)[0]),\n"
+             "                  'top_level': (d.read_text('top_level.txt') or '').split(),\n"
+             "                  'files': [str(d.locate_file(f)) for f in d.files or []]}))")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    installed = json.loads(r.stdout)
+    assert "partbench_plugins" in installed["top_level"] and "plugins" not in installed["top_level"]
+    checkout_plugins = Path(__file__).resolve().parents[1] / "plugins"
+    if installed["origin"] is not None:  # another distribution may own a `plugins` module; not this one
+        origin = Path(installed["origin"]).resolve()
+        assert not origin.is_relative_to(checkout_plugins), origin  # editable install mapping `plugins`
+        assert origin not in {Path(f).resolve() for f in installed["files"]}, origin  # wheel install
 
 
 def test_whitelist_limits_entry_points(monkeypatch):
