@@ -164,18 +164,61 @@ def test_describe_lists_hooks_and_versions(toy_plugins):
     assert toy["hooks"] == ["register_datasets", "register_encoders", "register_tasks"]
 
 
-# Meta-tests in the datasette style: one test per hook, named test_hook_<hook>.
-def test_hook_register_encoders(toy_plugins):
-    reg = toy_plugins.registry["encoder"]["toy_stats"]
-    assert reg.kind == "encoder" and reg.description
+# Meta-tests in the datasette style: one test per hook, named test_hook_<hook>. A plugin whose hook records
+# every call: the plugin manager calls it once, with the core's register callback, which files the class
+# under that hook's kind and refuses another kind's class.
+RECORDER = """
+    from harness import hookimpl, {base}, {other}
+
+    calls = []
+    refusals = []
 
 
-def test_hook_register_datasets(toy_plugins):
-    assert toy_plugins.registry["dataset"]["toy_colours"].cls.__name__ == "ToyColours"
+    class Recorded({base}):
+        \"\"\"First docstring line.\"\"\"
 
 
-def test_hook_register_tasks(toy_plugins):
-    assert toy_plugins.registry["task"]["toy_centroid"].cls.headline == ("acc",)
+    class OtherKind({other}):
+        pass
+
+
+    @hookimpl
+    def {hook}(register):
+        calls.append(register)
+        register("recorded", Recorded, "from the recorder")
+        for wrong in (OtherKind, int):
+            try:
+                register("wrong", wrong)
+            except Exception as exc:
+                refusals.append(str(exc))
+    """
+
+
+def _check_hook(tmp_path, hook, kind, base, other):
+    import sys
+
+    d = _write(tmp_path, "recorder", RECORDER.format(hook=hook, base=base, other=other))
+    p = Plugins(plugins_dirs=[d], allow=["recorder"])
+    module = sys.modules["harness_local_plugins.recorder"]
+    origin = f"file:{d / 'recorder.py'}"
+    assert len(module.calls) == 1  # the hook ran once; what its register did is the core's, below
+    reg = p.registry[kind]["recorded"]
+    assert (reg.kind, reg.name, reg.cls, reg.origin, reg.description) == (
+        kind, "recorded", module.Recorded, origin, "from the recorder")
+    assert module.refusals == [f"{origin}: {kind} 'wrong' must be a subclass of harness.{base}"] * 2
+    assert {k: list(t) for k, t in p.registry.items()} == {k: ["recorded"] if k == kind else [] for k in p.registry}
+
+
+def test_hook_register_encoders(tmp_path):
+    _check_hook(tmp_path, "register_encoders", "encoder", "Encoder", "Task")
+
+
+def test_hook_register_datasets(tmp_path):
+    _check_hook(tmp_path, "register_datasets", "dataset", "Dataset", "Encoder")
+
+
+def test_hook_register_tasks(tmp_path):
+    _check_hook(tmp_path, "register_tasks", "task", "Task", "Dataset")
 
 
 def _broken_distribution(tmp_path):

@@ -159,15 +159,26 @@ tasks:
 def test_end_to_end_spec_on_synthetic_cub_and_coco_formats(tmp_path, monkeypatch):
     # Needs the lead's runner and the synthetic dataset / baseline encoder plugins: if any of them is
     # missing this must fail, not skip.
+    from harness.plugins import Plugins
     from harness.runner import run_spec
+    from harness.spec import build_plan
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.replace("ROOT", str(tmp_path / "data")))
     first = run_spec(spec, tmp_path / "a")
     assert len(first) == 4 and all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
+    plan = build_plan(spec, Plugins())
     for r in first:
         m, d = r["metrics"], r["details"]
-        assert 0 < m["AP"] <= 100 and 0 < m["mAP"] <= 100
+        # the sklearn reference on the same encoder's features of the same items (computed here, not by
+        # the runner): the runner handed the task the right items, labels, transform and options
+        ds = plan.datasets[r["dataset"]]
+        items = ds.load(d["split"])
+        ctx = FakeContext(plan.encoders[r["encoder"]], ds, samples={d["split"]: items}, out_dir=tmp_path)
+        feats = ctx.features(d["split"], ["cls", "mean_patch"], d["transform"])
+        for rep in ("cls", "mean_patch"):
+            ap, class_map = _sklearn_metrics(np.asarray(feats[rep]), np.asarray(items.labels), d["exclude_self"])
+            assert (m[f"AP.{rep}"], m[f"mAP.{rep}"]) == pytest.approx((ap, class_map), abs=1e-5), rep
         assert d["representation"]["reported"] in ("cls", "mean_patch")
         assert m["AP"] == max(m["AP.cls"], m["AP.mean_patch"])
         assert d["n_items"] > 10 and d["dataset_summary"]["kept"] == d["n_items"]
