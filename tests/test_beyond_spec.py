@@ -84,6 +84,7 @@ def test_beyond_validates(env, capsys):
     assert encs["deit3_in21k"].pretraining == "supervised"
 
 
+@pytest.mark.slow
 def test_beyond_runs_new_encoders(env, tmp_path, capsys):
     run = ("run=[{encoders: [dinov2_vitb14_reg4, clip_openai, clip_laion2b, siglip, ijepa, deit3_in21k], "
            "datasets: [cub_parts], tasks: [part_retrieval]}, "

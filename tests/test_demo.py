@@ -37,6 +37,7 @@ def _check_retrieval_against_sklearn(results, out_dir):
         assert (r["metrics"]["AP"], r["metrics"]["mAP"]) == pytest.approx(expected, abs=1e-5), r["unit"]
 
 
+@pytest.mark.slow
 def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     from harness.runner import run_spec
 

@@ -38,6 +38,7 @@ def _harness(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_external_plugin_installed_discovered_and_used(installed_hello, tmp_path):
     ls = _harness("ls", "encoders")
     assert ls.returncode == 0, ls.stderr
@@ -109,6 +110,7 @@ def installed_timm_importer(tmp_path):
         _pip("uninstall", "-y", "partbench-timm-importer")
 
 
+@pytest.mark.slow
 def test_an_external_plugin_that_imports_timm_loads(installed_timm_importer):
     """torchvision's compiled ops do not match this torch: the compat fix must reach third-party plugins."""
     ls = _harness("ls", "encoders", env={"HARNESS_STRICT_PLUGINS": "1"})

@@ -229,6 +229,7 @@ def test_checks():
         task().check(enc(), StubDataset("s", {"train": None}))
 
 
+@pytest.mark.slow
 def test_paper_protocol_trains_through_mmengine_in_a_worker(data, tmp_path):
     train, val = data
     ctx = FakeContext(enc(), StubDataset("s", {"train": train, "val": val}), out_dir=tmp_path)
@@ -247,6 +248,7 @@ def test_paper_protocol_trains_through_mmengine_in_a_worker(data, tmp_path):
     assert cfg.model.decode_head.num_convs == 0 and cfg.model.auxiliary_head.in_index == 2
 
 
+@pytest.mark.slow
 def test_paper_protocol_runs_mmengine_once_per_learning_rate(data, tmp_path):
     train, val = data
     ctx = FakeContext(enc(), StubDataset("s", {"train": train, "val": val}), out_dir=tmp_path)
