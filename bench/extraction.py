@@ -112,7 +112,8 @@ def main(argv=None) -> None:
 
     from harness.cache import FeatureCache
     from harness.execution import Executor
-    from harness.features import FeatureEngine, default_workers, load_batches
+    from harness.features import FeatureEngine
+    from harness.loading import default_workers, load_batches
     from partbench_plugins.datasets.cub import CubParts
     from partbench_plugins.encoders.baselines import Pixels, RandomViT
 

@@ -1,4 +1,4 @@
-"""Benchmark: blocked tie-aware retrieval AP (harness.metrics) against a per-query sklearn loop.
+"""Benchmark: blocked tie-aware retrieval AP (partbench_plugins.tasks.retrieval_metrics) against a per-query sklearn loop.
 
 Both sides are measured in this run on the same random features. The sklearn loop is timed on a
 random subset of queries and extrapolated linearly to all N queries (every query costs the same:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     from sklearn.metrics import average_precision_score
 
-    from harness.metrics import auto_block_size, mean_ap, retrieval_ap
+    from partbench_plugins.tasks.retrieval_metrics import auto_block_size, mean_ap, retrieval_ap
 
     rng = np.random.default_rng(args.seed)
     n, d = args.n, args.dim

@@ -16,22 +16,17 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .errors import HarnessError, SpecError, did_you_mean  # noqa: F401 - part of the public API
+
 REQUIRED = object()  # sentinel: an Option without a default must be given in the spec
+
+#: the core's own version: bump it when the core changes what features or results are (transforms,
+#: normalisation, the feature layout, how a result is computed from a task's output). It enters every feature
+#: cache key and every result key, as a plugin's ``version`` does for what the plugin computes.
+CORE_VERSION = "1"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class HarnessError(Exception):
-    """An error the user can fix; the CLI prints it as one line (exit code 1)."""
-
-    exit_code = 1
-
-
-class SpecError(HarnessError):
-    """Bad spec / bad input found before any computation (exit code 2)."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -68,10 +63,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 class _Plugin:
-    """Shared behaviour of encoders, datasets and tasks: a name, validated options, an identity."""
+    """Shared behaviour of encoders, datasets, tasks and reports: a name, validated options, an identity."""
 
     description = ""
     options: dict[str, Option] = {}
+    #: what this plugin computes, as a version string: bump it whenever a change alters its output (features,
+    #: items, metrics). It is part of the feature cache keys and result keys, so nothing made by the old code
+    #: is reused. The golden-output tests (tests/golden) fail until it is bumped and the goldens regenerated.
+    version: str = "1"
 
     def __init__(self, name: str, **options: Any):
         self.name = name  # the spec's name for this instance
@@ -91,24 +90,36 @@ class _Plugin:
         structure); raise HarnessError or ValueError naming the problem. Runs before any computation."""
 
     def identity(self) -> dict:
-        """What determines this plugin's output; part of cache keys. Extend, don't replace."""
-        return {"plugin": self.plugin_name, "options": self.opts}
+        """What determines this plugin's output; part of cache and result keys. Extend, don't replace."""
+        return {"plugin": self.plugin_name, "version": str(self.version), "options": self.opts}
 
 
 class Encoder(_Plugin):
     """A frozen image encoder.
 
-    ``forward(x, reps)`` is a pure function of a batch: it gets a normalised float batch [B,3,H,W]
-    already on the encoder's device and the list of representation names wanted, and returns a dict
-    name -> tensor. The core's executor (``harness.features.Executor``) does everything around it
-    once: lazy ``load``, device placement, ``torch.inference_mode`` and autocast for ``precision``.
-      cls         [B,D]   CLS token after the final norm
-      mean_patch  [B,D]   mean of patch tokens (CLS excluded) after the final norm
-      tokens      [B,1+N,D] all tokens after the final norm (CLS first)
-      projected   [B,P]   projection-head output (only where the method has one)
-      block.<i>   [B,1+N,D] raw output of block i (0-based), no final norm; N = (H/p)*(W/p)
-    "1+" is ``prefix_tokens``: the CLS token (models without one declare 0 and have no ``cls``);
-    register tokens are dropped by the encoder, patch tokens follow in row-major order.
+    Every forward goes through the core's one executor (``harness.execution.Executor``; ``encode`` for a
+    single batch): it loads the encoder lazily, places the batch on the encoder's device, normalises it,
+    checks the representation names against ``supports``, runs the encoder under ``torch.inference_mode``
+    and autocast for ``precision``, and returns float32 tensors. An encoder implements one of two methods:
+
+    ``forward_intermediates(x, indices, final=True) -> (tokens, {i: block_i})`` (timm's name and convention;
+    the built-in encoders): ``x`` is a normalised float batch [B,3,H,W] on the encoder's device, H and W
+    multiples of ``patch_size``; ``tokens`` [B, prefix_tokens + N, D] is the sequence after the final norm
+    (None when ``final`` is False: only blocks were asked for, and blocks after the last one needed may be
+    skipped), ``block_i`` [B, prefix_tokens + N, D] the raw output of block i (0-based, no final norm) for
+    each i in ``indices``. The executor derives every named representation from these, in one place:
+      cls         [B,D]   tokens[:, 0]: the CLS token after the final norm
+      mean_patch  [B,D]   tokens[:, prefix_tokens:].mean(1): the patch tokens after the final norm
+      tokens      [B,prefix_tokens+N,D] all tokens after the final norm
+      block.<i>   [B,prefix_tokens+N,D] block i's raw output
+      projected   [B,P]   ``project(tokens)``: the method's projection head (only where it has one)
+    ``forward(x, reps) -> dict`` name -> tensor, the same names and meanings: for encoders whose
+    representations are not views of one token sequence (the ``pixels`` baseline pools the image at another
+    resolution than its tokens) and for plugins written before ``forward_intermediates``. The executor uses
+    ``forward_intermediates`` when a class defines it, else ``forward``.
+
+    Token layout: ``prefix_tokens`` leading non-patch tokens (1: the CLS token; 0: none), then the N =
+    (H/p)*(W/p) patch tokens in row-major order; register tokens are dropped by the encoder.
     """
 
     options = {
@@ -146,7 +157,16 @@ class Encoder(_Plugin):
         Called by the core once per run, right before the first forward (and again to move it)."""
         raise NotImplementedError
 
+    def forward_intermediates(self, x, indices: Sequence[int], final: bool = True):
+        """(tokens after the final norm or None, {i: raw output of block i}); see the class docstring."""
+        raise NotImplementedError
+
+    def project(self, tokens):
+        """The projection head's output [B, P] from the final-norm ``tokens`` (``projected``)."""
+        raise HarnessError(f"encoder '{self.name}' has no projection head")
+
     def forward(self, x, reps: Sequence[str]) -> dict:
+        """name -> tensor for each name in ``reps``; only for encoders without ``forward_intermediates``."""
         raise NotImplementedError
 
 
@@ -329,6 +349,11 @@ class Task(_Plugin):
     metrics   flat dict name -> number (what tables show)
     details   anything JSON-serialisable (per-class numbers, curves, choices made)
     artifacts list of file paths written under ``ctx.out_dir``
+    per_item  optional: name -> numpy array of per-item data the headline metric is computed from (e.g.
+              the AP of every query); stored in ``results/<unit>.npz`` beside the result JSON
+    warnings  optional: list of one-line messages for the user (stored in the result, shown by the report)
+
+    The result file's fields are declared in ``harness.results.RESULT_SCHEMA`` (docs/results.md).
     """
 
     #: metric names shown in summary tables, in order
@@ -352,6 +377,22 @@ class Task(_Plugin):
         """Called once per (task, dataset) after all its units ran, with every encoder's successful
         result (cross-encoder figures); returns the paths written."""
         return []
+
+
+class Report(_Plugin):
+    """A report across the units of a run (e.g. the paper's Fig. 7, object vs part), registered with
+    ``register_reports``. It runs after every run and on ``harness report DIR``, receives every result (the
+    dicts of ``harness.results``, failed ones included) and draws only what the results support (nothing at
+    all when they hold nothing for it). Reports have no options."""
+
+    def render(self, results: list[dict], fmt: str = "github") -> str:
+        """Text appended to the terminal table and report.md (a tabulate ``fmt``); '' for nothing."""
+        return ""
+
+    def write(self, results: list[dict], out_dir: Path, figures: bool = True) -> dict[str, Path]:
+        """Write this report's files under ``out_dir`` (JSON, and PNG figures when ``figures``); returns
+        {name: path} of what it wrote."""
+        return {}
 
 
 class TaskContext:
@@ -430,3 +471,32 @@ class Registration:
     origin: str
     description: str = ""
     extra: dict = field(default_factory=dict)
+
+
+# -- the rest of the public API: helpers that live in their own core modules ------------------------------
+from . import transforms  # noqa: E402 - named transforms: parse, pixels, apply
+from .compat import ensure_mmseg, import_timm  # noqa: E402
+from .hookspecs import hookimpl  # noqa: E402
+from .io import DiskFullError, dumps, jsonable, write_json_atomic, write_text_atomic  # noqa: E402
+from .progress import progress  # noqa: E402
+from .results import RESULT_SCHEMA, headline_value, load_results, read_result  # noqa: E402
+
+# modules that themselves import this one: resolved on first use (PEP 562)
+_LAZY = {"Executor": "harness.execution", "encode": "harness.execution", "validate_options": "harness.spec",
+         "Plugins": "harness.plugins", "FeatureCache": "harness.cache", "default_cache_dir": "harness.cache"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'harness.api' has no attribute '{name}'")
+
+
+__all__ = ["CORE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "REQUIRED", "Dataset", "DiskFullError", "Encoder",
+           "FeatureRequest", "HarnessError", "KeypointSamples", "Option", "Registration", "Report", "RESULT_SCHEMA",
+           "Samples", "SegSamples", "SpecError", "Task", "TaskContext", "did_you_mean", "dumps", "ensure_mmseg",
+           "file_sha256", "headline_value", "hookimpl", "import_timm", "jsonable",
+           "load_results", "progress", "read_result", "transforms", "write_json_atomic", "write_text_atomic",
+           *_LAZY]

@@ -9,7 +9,7 @@ import textwrap
 import time
 import warnings
 
-from .api import HarnessError
+from .api import HarnessError, SpecError
 
 KIND_OF = {"encoders": "encoder", "datasets": "dataset", "tasks": "task"}
 
@@ -34,10 +34,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from . import report
+    from . import interrupts, report
     from .runner import output_dir, run_plan
 
-    plan = _plan(args, _plugins(args))  # everything is validated before anything is written
+    plugins = _plugins(args)
+    plan = _plan(args, plugins)  # everything is validated before anything is written
     out = output_dir(plan, args.out)
     if args.dry_run:
         print(f"{args.spec}: {len(plan.units)} units -> {out}")
@@ -46,14 +47,22 @@ def cmd_run(args) -> int:
             print(f"  {u.id}{'  (result exists)' if done else ''}")
         return 0
     t0 = time.perf_counter()
-    results = run_plan(plan, out, force=args.force, show_progress=not args.no_progress,
-                       cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True),
-                       workers=args.workers, encoders_per_pass=args.encoders_per_pass)
-    if not results.main:  # torchrun: rank 0 reports
-        return 0
-    fresh = len(results) - results.skipped
-    written = report.write_report(out, results, figure=fresh > 0 or not (out / "summary.png").exists())
-    print(report.render(results))
+    interrupts.install()
+    try:
+        results = run_plan(plan, out, force=args.force, show_progress=not args.no_progress,
+                           cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True),
+                           workers=args.workers, encoders_per_pass=args.encoders_per_pass)
+        if not results.main:  # torchrun: rank 0 reports
+            return 0
+        fresh = len(results) - results.skipped
+        written = report.write_report(out, results, figure=fresh > 0 or not (out / "summary.png").exists(),
+                                      plugins=plugins)
+    except interrupts.Interrupted as exc:
+        if os.environ.get("RANK", "0") == "0":
+            done = f"{exc.done} of {exc.total}" if exc.total is not None else "some"
+            print(f"interrupted: {done} units done; rerun the same command to resume", file=sys.stderr, flush=True)
+        return exc.exit_code
+    print(report.render(results, reports=report.report_plugins(plugins)))
     print(f"{len(results)} units: {fresh} run, {results.skipped} resumed, {results.failed} failed; "
           f"{results.forwards} encoder forwards; {time.perf_counter() - t0:.1f} s")
     print(f"results: {out / 'results'}  report: {written['markdown']}")
@@ -71,11 +80,19 @@ def _named(meta: dict, kind: str) -> str:
 
 
 def cmd_cache(args) -> int:
-    """`harness cache ls|verify|prune`: inspect, check and clean a feature cache."""
+    """`harness cache ls|verify|prune`: inspect, check and clean a feature cache. verify and prune never
+    remove what a live run needs: temporaries being written and entries locked by a run are reported as
+    "in use" and kept (see harness.cache)."""
     from tabulate import tabulate
 
     from .cache import FeatureCache, default_cache_dir
 
+    if args.action == "prune" and args.older_than is None and not args.match and not args.all \
+            and args.max_size is None:
+        args.parser.print_usage(sys.stderr)
+        print(f"{args.parser.prog}: error: prune needs what to remove: --older-than DAYS, --max-size SIZE, "
+              "--match TEXT or --all", file=sys.stderr)
+        return 2
     cache = FeatureCache(args.cache_dir or default_cache_dir())
     entries = cache.entries()
     now = time.time()
@@ -85,6 +102,19 @@ def cmd_cache(args) -> int:
             return json.loads(cache.meta_path(p).read_text())
         except (OSError, ValueError):
             return {}
+
+    def temporaries(remove: bool) -> str:
+        """One line per temporary (in use: kept; stale: removed when ``remove``); the summary's part."""
+        busy = stale = 0
+        for t in cache.temporaries():
+            if t.in_use:
+                busy += 1
+                print(f"in use {t.path}: {t.why}; kept")
+            else:
+                gone = remove and cache.remove_stale(t)
+                stale += 1
+                print(f"stale {t.path}: {t.why}{' (deleted)' if gone else ''}")
+        return f"; temporaries: {busy} in use, {stale} stale"
 
     if args.action == "ls":
         rows, total = [], 0
@@ -96,23 +126,28 @@ def cmd_cache(args) -> int:
                          f"{(now - st.st_mtime) / 86400:.1f} d", f"{(now - cache.last_used(p)) / 86400:.1f} d"])
         print(tabulate(rows, headers=["key", "encoder", "dataset", "split", "representation", "size", "age",
                                       "last used"]))
-        print(f"{len(entries)} entries, {total / 1e9:.2f} GB in {cache.root}")
+        temps = cache.temporaries()
+        busy = sum(t.in_use for t in temps)
+        print(f"{len(entries)} entries, {total / 1e9:.2f} GB in {cache.root}; temporaries: {busy} in use, "
+              f"{len(temps) - busy} stale")
         return 0
     if args.action == "verify":
-        bad = []
+        bad, kept = [], 0
         for p in entries:
             problem = cache.check(p)
             if problem:
                 bad.append(p)
-                print(f"BAD {p}: {problem}{' (deleted)' if args.delete else ''}")
-                if args.delete:
-                    cache.remove(p)
-        print(f"{len(entries)} entries checked, {len(bad)} bad")
+                if not args.delete:
+                    print(f"BAD {p}: {problem}")
+                elif cache.remove_unused(p):
+                    print(f"BAD {p}: {problem} (deleted)")
+                else:
+                    kept += 1
+                    print(f"BAD {p}: {problem} (in use by a run, which will find it bad and recompute it; kept)")
+        summary = temporaries(args.delete)
+        print(f"{len(entries)} entries checked, {len(bad)} bad" + (f" ({kept} in use)" if kept else "") + summary)
         return 1 if bad and not args.delete else 0
     # prune
-    if args.older_than is None and not args.match and not args.all and args.max_size is None:
-        raise HarnessError("harness cache prune: say what to remove: --older-than DAYS, --max-size SIZE, "
-                           "--match TEXT or --all")
     max_size = None if args.max_size is None else _parse_size(args.max_size)
     sizes = {p: p.stat().st_size for p in entries}
     used = {p: cache.last_used(p) for p in entries}
@@ -126,21 +161,25 @@ def cmd_cache(args) -> int:
         if args.match and args.match not in text:
             continue
         picked.append(p)
-    if max_size is not None:  # of the candidates, the least recently used until the cache fits
-        excess, keep_going = sum(sizes.values()) - max_size, []
-        for p in picked:
-            if excess <= 0:
-                break
-            keep_going.append(p)
-            excess -= sizes[p]
-        picked = keep_going
-    freed = sum(sizes[p] for p in picked)
+    # of the candidates, the least recently used (with --max-size: until the cache fits); an entry a live
+    # run holds is kept, and the next candidate taken instead
+    excess = None if max_size is None else sum(sizes.values()) - max_size
+    freed = removed = kept = 0
     for p in picked:
+        if excess is not None and excess <= 0:
+            break
+        if cache.in_use(p) if args.dry_run else not cache.remove_unused(p):
+            kept += 1
+            print(f"in use {p}: being read, or written and not yet read, by a live run; kept")
+            continue
         print(f"{'would remove' if args.dry_run else 'removed'} {p}")
-        if not args.dry_run:
-            cache.remove(p)
-    print(f"{len(picked)} entries, {freed / 1e9:.2f} GB {'would be ' if args.dry_run else ''}freed; "
-          f"{(sum(sizes.values()) - freed) / 1e9:.2f} GB {'would be ' if args.dry_run else ''}left")
+        removed, freed = removed + 1, freed + sizes[p]
+        if excess is not None:
+            excess -= sizes[p]
+    summary = temporaries(not args.dry_run)
+    print(f"{removed} entries, {freed / 1e9:.2f} GB {'would be ' if args.dry_run else ''}freed; "
+          f"{(sum(sizes.values()) - freed) / 1e9:.2f} GB {'would be ' if args.dry_run else ''}left"
+          + (f"; {kept} in use (kept)" if kept else "") + summary)
     return 0
 
 
@@ -162,9 +201,10 @@ def _parse_size(text: str) -> int:
 def cmd_report(args) -> int:
     from . import report
 
+    plugins = _plugins(args)
     results = report.load_results(args.dir)
-    report.write_report(args.dir, results)
-    print(report.render(results, args.format))
+    report.write_report(args.dir, results, plugins=plugins)
+    print(report.render(results, args.format, report.report_plugins(plugins)))
     return 0
 
 
@@ -211,16 +251,19 @@ def cmd_ls_one(plugins, kind: str, name: str) -> int:
 
 
 def cmd_ls(args) -> int:
+    """`harness ls [KIND [NAME]]`: every kind's plugins (three tables), one kind's, or one plugin."""
     from tabulate import tabulate
 
     plugins = _plugins(args)
+    kinds = [KIND_OF.get(args.kind, args.kind)] if args.kind else list(KIND_OF.values())
     if args.name:
-        return cmd_ls_one(plugins, KIND_OF[args.kind], args.name)
-    table = plugins.registry[KIND_OF[args.kind]]
-    rows = []
-    for name, reg in sorted(table.items()):
-        rows.append([name, reg.origin, reg.description])
-    print(tabulate(rows, headers=["name", "origin", "description"], tablefmt="simple"))
+        return cmd_ls_one(plugins, kinds[0], args.name)
+    for i, kind in enumerate(kinds):
+        table = plugins.registry[kind]
+        if len(kinds) > 1:
+            print(f"{'' if i == 0 else chr(10)}{kind}s ({len(table)})")
+        rows = [[name, reg.origin, reg.description] for name, reg in sorted(table.items())]
+        print(tabulate(rows, headers=["name", "origin", "description"], tablefmt="simple"))
     return 0
 
 
@@ -256,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoders fed by one pass over the data (default: all that need it)")
     r.set_defaults(func=cmd_run)
     spec_cmd("validate", "validate a spec without computing anything").set_defaults(func=cmd_validate)
-    ls = sub.add_parser("ls", help="list registered encoders, datasets or tasks", parents=[common])
-    ls.add_argument("kind", choices=sorted(KIND_OF))
+    ls = sub.add_parser("ls", help="list registered encoders, datasets and tasks", parents=[common])
+    ls.add_argument("kind", nargs="?", choices=sorted(KIND_OF) + sorted(KIND_OF.values()), metavar="KIND",
+                    help="encoders, datasets or tasks (or encoder, dataset, task); default: all three")
     ls.add_argument("name", nargs="?", help="show this plugin's options (type, default, help)")
     ls.set_defaults(func=cmd_ls)
     sub.add_parser("plugins", help="loaded plugins as JSON", parents=[common]).set_defaults(func=cmd_plugins)
@@ -272,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--match", metavar="TEXT", help="prune: entries whose encoder/dataset/split/representation contain TEXT")
     c.add_argument("--all", action="store_true", help="prune: every entry")
     c.add_argument("--dry-run", action="store_true", help="prune: list, remove nothing")
-    c.set_defaults(func=cmd_cache)
+    c.set_defaults(func=cmd_cache, parser=c)
     rep = sub.add_parser("report", help="re-render tables from an output directory's result JSON")
     rep.add_argument("dir")
     rep.add_argument("--format", default="simple", help="tabulate table format (simple, github, latex, ...)")
@@ -290,12 +334,18 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except HarnessError as exc:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
             print(f"error: {exc}", file=sys.stderr)
+        elif not isinstance(exc, SpecError):  # a spec error is every rank's alike: rank 0 says it
+            print(f"error: rank {rank}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output went to a command that stopped reading (harness ls | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -18,3 +18,8 @@ def register_datasets(register):
 @hookspec
 def register_tasks(register):
     """Register Task subclasses: ``register("name", TaskClass)``."""
+
+
+@hookspec
+def register_reports(register):
+    """Register Report subclasses: ``register("name", ReportClass)``."""

@@ -1,7 +1,6 @@
 """Plugin loading (entry points, --plugins-dir) and the registries the hooks fill."""
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import importlib.util
 import os
@@ -12,20 +11,17 @@ from pathlib import Path
 import pluggy
 
 from . import hookspecs
-from .api import Dataset, Encoder, HarnessError, Registration, Task
+from .api import Dataset, Encoder, HarnessError, Registration, Report, Task
+from .errors import did_you_mean  # noqa: F401 - also imported from here by spec.py
 
 GROUP = "harness"
-KINDS = {"encoder": Encoder, "dataset": Dataset, "task": Task}
-_HOOKS = {"encoder": "register_encoders", "dataset": "register_datasets", "task": "register_tasks"}
+KINDS = {"encoder": Encoder, "dataset": Dataset, "task": Task, "report": Report}
+_HOOKS = {"encoder": "register_encoders", "dataset": "register_datasets", "task": "register_tasks",
+          "report": "register_reports"}
 
 
 class PluginLoadWarning(UserWarning):
     pass
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _import_with_compat(load):

@@ -1,9 +1,10 @@
-"""Tables (terminal + Markdown), CSV and PNG figures from result JSON files."""
+"""Tables (terminal + Markdown), CSV and the summary figure from result JSON files, then every registered
+report plugin (``register_reports``: e.g. object vs part, encoded vs projected) over the same results."""
 from __future__ import annotations
 
 import csv
 import io
-import json
+import warnings
 import math
 import os
 from collections import OrderedDict
@@ -11,25 +12,34 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .api import HarnessError
-from .cache import io_error, write_text_atomic
-from .levels import level_figure, level_markdown, level_pairs
-from .representations import representation_figure, representation_groups, representation_markdown
+from .api import Report
+from .io import io_error, write_json_atomic, write_text_atomic
+from .results import load_results
 
 
-def load_results(out_dir: str | os.PathLike) -> list[dict]:
-    folder = Path(out_dir) / "results"
-    if not folder.is_dir():
-        raise HarnessError(f"{out_dir}: no results/ folder (expected the --out directory of a 'harness run')")
-    results = []
-    for p in sorted(folder.glob("*.json")):
-        try:
-            results.append(json.loads(p.read_text()))
-        except ValueError as exc:
-            raise HarnessError(f"{p}: not valid JSON ({exc})") from None
-    if not results:
-        raise HarnessError(f"{folder}: no result files")
-    return results
+def report_plugins(plugins=None) -> list[Report]:
+    """One instance of every registered report plugin, in registration order."""
+    if plugins is None:
+        from .plugins import Plugins
+
+        plugins = Plugins()
+    out = []
+    for name, reg in plugins.registry["report"].items():
+        rep = reg.cls(name)
+        rep.plugin_name = name
+        out.append(rep)
+    return out
+
+
+def _guarded(rep: Report, what: str, fn, default):
+    """A report plugin's failure is one warning line, never a lost report."""
+    try:
+        return fn()
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - isolate plugin failures
+        warnings.warn(f"report '{rep.name}' failed while {what}: {type(exc).__name__}: {exc}")
+        return default
 
 
 def _fmt(v):
@@ -69,23 +79,25 @@ def tables(results: list[dict]) -> "OrderedDict[str, tuple[list[str], list[list]
     return out
 
 
-def render(results: list[dict], fmt: str = "simple") -> str:
+def render(results: list[dict], fmt: str = "simple", reports: list[Report] | None = None) -> str:
     parts = []
     for task, (header, rows) in tables(results).items():
         parts.append(f"## {task}\n" if fmt == "github" else f"{task}")
         parts.append(tabulate(rows, headers=header, tablefmt=fmt, floatfmt=".2f"))
         failed = [r for r in results if r["task"] == task and r["status"] != "ok" and r.get("error")]
-        if failed:  # the table cuts errors short: each one in full, once, below it
+        if failed:  # the table cuts errors short: each distinct one in full, once, below it
             parts.append("")
-            parts += [f"FAILED {r['dataset']} / {r['encoder']}: {r['error']}" for r in
-                      sorted(failed, key=lambda r: (r["dataset"], r["encoder"]))]
+            by_error: "OrderedDict[str, list[dict]]" = OrderedDict()
+            for r in sorted(failed, key=lambda r: (r["dataset"], r["encoder"])):
+                by_error.setdefault(r["error"], []).append(r)
+            for error, rs in by_error.items():
+                who = ", ".join(f"{r['dataset']} / {r['encoder']}" for r in rs)
+                parts.append(f"FAILED {who}: {error}")
         parts.append("")
-    pairs = level_pairs(results)
-    if pairs:
-        parts.append(level_markdown(pairs, fmt))
-    groups = representation_groups(results)
-    if groups:
-        parts.append(representation_markdown(groups, fmt))
+    for rep in reports if reports is not None else report_plugins():
+        text = _guarded(rep, "rendering", lambda rep=rep: rep.render(results, fmt), "")
+        if text:
+            parts.append(text)
     return "\n".join(parts)
 
 
@@ -135,16 +147,16 @@ def _figure(results: list[dict], path: Path) -> Path | None:
     return path
 
 
-def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, figure: bool = True) -> dict:
-    """Write report.md, results.csv, summary.json (and summary.png); return their paths."""
+def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, figure: bool = True,
+                 plugins=None) -> dict:
+    """Write report.md, results.csv, summary.json (and summary.png), then every report plugin's files;
+    return their paths."""
     out = Path(out_dir)
     results = load_results(out) if results is None else results
-    from .runner import write_json_atomic
-
+    reports = report_plugins(plugins)
     written = {}
-    pairs = level_pairs(results)  # object vs part (Fig. 7) wherever the run has an object/part pair
     md = out / "report.md"
-    write_text_atomic(md, render(results, "github"), "writing the report")
+    write_text_atomic(md, render(results, "github", reports), "writing the report")
     written["markdown"] = md
     write_text_atomic(out / "results.csv", _csv(results), "writing the report")
     written["csv"] = out / "results.csv"
@@ -152,23 +164,17 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
                for r in results]
     write_json_atomic(out / "summary.json", summary)
     written["json"] = out / "summary.json"
-    if pairs:
-        write_json_atomic(out / "levels.json", pairs)
-        written["levels"] = out / "levels.json"
-    groups = representation_groups(results)  # encoded vs projected wherever two tasks differ only in that
-    if groups:
-        write_json_atomic(out / "representations.json", groups)
-        written["representations"] = out / "representations.json"
     if figure:
-        figures = (("figure", "summary.png", lambda p: _figure(results, p)),
-                   ("levels_figure", "levels.png", lambda p: level_figure(pairs, p)),
-                   ("representations_figure", "representations.png", lambda p: representation_figure(groups, p)))
-        for name, filename, draw in figures:
-            path = out / filename
-            try:
-                if draw(path):
-                    written[name] = path
-            except OSError as exc:
-                path.unlink(missing_ok=True)
-                raise io_error(path, exc, "writing the report") from None
+        path = out / "summary.png"
+        try:
+            if _figure(results, path):
+                written["figure"] = path
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise io_error(path, exc, "writing the report") from None
+    for rep in reports:
+        try:
+            written.update(_guarded(rep, "writing its files", lambda rep=rep: rep.write(results, out, figure), {}))
+        except OSError as exc:
+            raise io_error(out, exc, f"writing report '{rep.name}'") from None
     return written

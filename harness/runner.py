@@ -1,4 +1,11 @@
-"""Runs a Plan: unit by unit (encoder x dataset x task), with failure isolation, resume and the feature cache."""
+"""Runs a Plan: unit by unit (encoder x dataset x task), with failure isolation, resume and the feature cache.
+
+Resume: a unit whose result file exists is skipped only when its result key is unchanged. The key covers
+everything the result depends on: the core's version, each plugin's identity (plugin name, declared
+``version``, options, and what the plugin adds: a checkpoint's SHA-256, ...), the seed, and the fingerprint of
+every dataset split the unit read (its items and the sizes and modification times of its files). The log says
+why a unit is recomputed.
+""" 
 from __future__ import annotations
 
 import hashlib
@@ -12,12 +19,16 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 
 from . import distributed
-from .api import HarnessError, Task
-from .cache import DiskFullError, FeatureCache, _canonical, default_cache_dir, write_text_atomic
-from .features import FeatureEngine, UnitContext
+from .api import CORE_VERSION, HarnessError, Task
+from .cache import FeatureCache, _canonical, default_cache_dir
+from .context import UnitContext
+from .features import EncoderFailure, FeatureEngine
+from .interrupts import Interrupted
+from .errors import FatalError
+from .io import jsonable, write_json_atomic
+from .results import SCHEMA_VERSION, read_result
 from .spec import Plan, Unit
 
 def resolve_device(device: str) -> str:
@@ -54,24 +65,8 @@ def git_revision() -> str | None:
         return None
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=True), "writing results")
-
-
-def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(_canonical(cfg).encode()).hexdigest()[:16]
+def _digest(obj) -> str:
+    return hashlib.sha256(_canonical(obj).encode()).hexdigest()[:32]
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -92,8 +87,12 @@ def run_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, show_p
     try:
         return _run(plan, Path(out_dir), force, show_progress, cache_dir, log, workers, encoders_per_pass,
                     dist, device)
+    except Interrupted:
+        raise
+    except BaseException as exc:  # the other ranks learn why this one stops
+        dist.report_failure(_error_text(exc) if isinstance(exc, Exception) else type(exc).__name__)
+        raise
     finally:
-        dist.barrier()
         dist.shutdown()
 
 
@@ -110,6 +109,9 @@ def _run(plan, out: Path, force, show_progress, cache_dir, log, workers, encoder
     engine = FeatureEngine(cache, device, dist, workers, show_progress, log)
     try:
         return _run_units(plan, out, force, log, engine, dist, main, encoders_per_pass)
+    except Interrupted:
+        cache.remove_own_temporaries()  # whatever a writer had not yet removed itself
+        raise
     finally:
         engine.close()
 
@@ -119,47 +121,102 @@ def _run_units(plan, out: Path, force, log, engine: FeatureEngine, dist, main: b
     versions, rev = _versions(), git_revision()
     results = RunSummary()
     results.main = main
-    # resume: rank 0 decides which units are done, every rank skips the same ones
-    done = dist.broadcast(_finished_units(plan, out, force) if main else None)
-    todo = [u for u in plan.units if u.id not in done]
-    groups_touched: set = set()
-    for i, unit in enumerate(plan.units, 1):
-        if unit.id in done:
-            log(f"[{i}/{len(plan.units)}] {unit.id}: done earlier, skipped (use --force to recompute)")
-            prev = done[unit.id]
-            prev["reference"] = plan.unit_reference(unit)  # reference numbers may be edited freely
-            results.append(prev)
-            results.skipped += 1
-    by_dataset: dict[str, list[Unit]] = {}
-    for u in todo:
-        by_dataset.setdefault(u.dataset, []).append(u)
     index = {u.id: i for i, u in enumerate(plan.units, 1)}
-    for ds_name, units in by_dataset.items():
-        prefetched, prefetch_errors = _prefetch(plan, units, engine, encoders_per_pass, log)
-        for unit in units:
-            log(f"[{index[unit.id]}/{len(plan.units)}] {unit.id}: running")
-            result = _run_unit(plan, unit, out, engine, prefetched.get(unit.id, 0), prefetch_errors.get(unit.id),
-                               log)
-            if result is None:  # another rank's unit (a rank-0 task)
-                continue
-            result.update(versions=versions, git_revision=rev, spec=str(plan.path),
-                          reference=plan.unit_reference(unit), world_size=dist.world_size)
-            if main:
-                write_json_atomic(out / "results" / f"{unit.id}.json", result)
-            results.append(result)
-            results.forwards += result["forwards"]
-            groups_touched.add((unit.task, unit.dataset))
-            if result["status"] != "ok":
-                results.failed += 1
-                log(f"    FAILED: {result['error']}")
-    if main:
-        _finalize(plan, results, out, groups_touched, log)
+    try:
+        # rank 0 prepares (e.g. generates) the datasets first; the other ranks then find them ready
+        datasets = [plan.datasets[n] for n in dict.fromkeys(u.dataset for u in plan.units)]
+        if main:
+            _prepare(engine, datasets)
+        dist.sync()
+        if not main:
+            _prepare(engine, datasets)
+        # resume: rank 0 decides which units are done, every rank skips the same ones
+        done = dist.broadcast(_finished_units(plan, out, force, engine, index, log) if main else None)
+        for unit in plan.units:
+            if unit.id in done:
+                log(f"[{index[unit.id]}/{len(plan.units)}] {unit.id}: done earlier, skipped (use --force to recompute)")
+                prev = done[unit.id]
+                prev["reference"] = plan.unit_reference(unit)  # reference numbers may be edited freely
+                results.append(prev)
+                results.skipped += 1
+        by_dataset: dict[str, list[Unit]] = {}
+        for u in plan.units:
+            if u.id not in done:
+                by_dataset.setdefault(u.dataset, []).append(u)
+        groups_touched: set = set()
+        first_with: dict[str, str] = {}  # error text -> the first unit that failed with it
+        for ds_name, units in by_dataset.items():
+            dist.sync()  # rank 0 may have trained heads alone until now
+            prefetched, prefetch_errors = _prefetch(plan, units, engine, encoders_per_pass, log)
+            for unit in units:
+                log(f"[{index[unit.id]}/{len(plan.units)}] {unit.id}: running")
+                result = _run_unit(plan, unit, out, engine, prefetched.get(unit.id, 0),
+                                   prefetch_errors.get(unit.id), log)
+                if result is None:  # another rank's unit (a rank-0 task)
+                    continue
+                result.update(versions=versions, git_revision=rev, spec=str(plan.path),
+                              reference=plan.unit_reference(unit), world_size=dist.world_size)
+                result = _strict(result)
+                if main:
+                    write_json_atomic(out / "results" / f"{unit.id}.json", result)
+                results.append(result)
+                results.forwards += result["forwards"]
+                groups_touched.add((unit.task, unit.dataset))
+                if result["status"] != "ok":
+                    results.failed += 1
+                    first = first_with.setdefault(result["error"], unit.id)
+                    # a data problem fails every unit of its dataset alike: its text is printed once
+                    log(f"    FAILED: {result['error']}" if first == unit.id else f"    FAILED: same error as {first}")
+        if main:
+            _finalize(plan, results, out, groups_touched, log)
+        dist.sync()
+        dist.barrier()
+    except Interrupted as exc:
+        exc.done, exc.total = sum(r["status"] == "ok" for r in results), len(plan.units)
+        raise
     results.sort(key=lambda r: index.get(r["unit"], 0))
     return results
 
 
-def _finished_units(plan: Plan, out: Path, force: bool) -> dict:
-    """unit id -> previous result, for units whose result exists with the same configuration."""
+def _prepare(engine: FeatureEngine, datasets) -> None:
+    for ds in datasets:
+        try:
+            engine.prepare(ds)
+        except Exception:  # noqa: BLE001 - the units that read it fail with the message when they load it
+            pass
+
+
+def _strict(result: dict) -> dict:
+    """The result as strict JSON types; every non-finite number becomes null with a warning naming it."""
+    nonfinite: list = []
+    clean = jsonable(result, "", nonfinite)
+    clean["warnings"] += [f"{where}: {value} is not a finite number, written as null" for where, value in nonfinite]
+    return clean
+
+
+# -- result keys -----------------------------------------------------------------------------------------
+def _identities(plan: Plan, unit: Unit) -> dict:
+    return {"encoder": plan.encoders[unit.encoder].identity(), "dataset": plan.datasets[unit.dataset].identity(),
+            "task": plan.tasks[unit.task].identity()}
+
+
+def _inputs(engine: FeatureEngine, dataset, splits) -> dict[str, str]:
+    """{split: fingerprint} of the splits a unit read (a split that does not load is left out)."""
+    out = {}
+    for split in sorted(splits):
+        try:
+            out[split] = engine.fingerprint(engine.samples(dataset, split))
+        except Exception:  # noqa: BLE001 - the unit reports it
+            pass
+    return out
+
+
+def _result_key(plan: Plan, unit: Unit, inputs: dict) -> str:
+    return _digest({"core": CORE_VERSION, "identity": _identities(plan, unit), "seed": plan.seed, "inputs": inputs})
+
+
+def _finished_units(plan: Plan, out: Path, force: bool, engine: FeatureEngine, index: dict, log) -> dict:
+    """unit id -> previous result, for units whose result exists with an unchanged result key."""
     if force:
         return {}
     done = {}
@@ -170,10 +227,47 @@ def _finished_units(plan: Plan, out: Path, force: bool) -> dict:
         try:
             prev = json.loads(res_path.read_text())
         except (OSError, ValueError):
+            prev = None
+        if not isinstance(prev, dict) or prev.get("status") != "ok":
             continue
-        if prev and prev.get("status") == "ok" and prev.get("config_hash") == config_hash(plan.unit_config(unit)):
+        where = f"[{index[unit.id]}/{len(plan.units)}] {unit.id}: recomputed"
+        if "key" not in prev or prev.get("schema") != SCHEMA_VERSION:
+            log(f"{where}: its result was written by an older partbench")
+            continue
+        try:
+            read_result(res_path)
+        except HarnessError as exc:
+            log(f"{where}: {exc}")
+            continue
+        inputs = _inputs(engine, plan.datasets[unit.dataset], prev["inputs"])
+        if _result_key(plan, unit, inputs) == prev["key"]:
             done[unit.id] = prev
+        else:
+            log(f"{where}: {_what_changed(plan, unit, prev, inputs)}")
     return done
+
+
+def _what_changed(plan: Plan, unit: Unit, prev: dict, inputs: dict) -> str:
+    """Why a previous result's key differs from the current one, in words."""
+    if prev.get("core_version") != CORE_VERSION:
+        return f"the harness core changed (version {prev.get('core_version')} -> {CORE_VERSION})"
+    now, then = _identities(plan, unit), prev.get("identity") or {}
+    for role in ("encoder", "dataset", "task"):
+        a, b = then.get(role) or {}, now[role]
+        name = getattr(unit, role)
+        if str(a.get("version")) != str(b.get("version")):
+            return f"{role} plugin '{b.get('plugin')}' changed (version {a.get('version')} -> {b.get('version')})"
+        if _canonical(a.get("options")) != _canonical(b.get("options")):
+            return f"{role} '{name}' options changed"
+        diff = sorted(k for k in set(a) | set(b) if _canonical(a.get(k)) != _canonical(b.get(k)))
+        if diff:
+            return f"{role} '{name}' changed ({', '.join(diff)})"
+    for split in sorted(set(prev["inputs"]) | set(inputs)):
+        if prev["inputs"].get(split) != inputs.get(split):
+            return (f"dataset '{unit.dataset}' split '{split}' changed since the result was written (files edited, "
+                    "added or removed)" if split in inputs else
+                    f"dataset '{unit.dataset}' split '{split}' cannot be loaded now")
+    return "the seed changed" if prev.get("config", {}).get("seed") != plan.seed else "its configuration changed"
 
 
 def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: int | None, log):
@@ -196,7 +290,7 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
                 reps = g["encoders"].setdefault(u.encoder, [])
                 reps.extend(rep for rep in r.reps if rep not in reps)
                 g["units"].setdefault(u.encoder, []).append(u.id)
-        except DiskFullError:
+        except FatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - the unit fails, others go on
             errors[u.id] = _error_text(exc)
@@ -211,13 +305,13 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
                 wanted = [(plan.encoders[n], g["encoders"][n]) for n in batch]
                 try:
                     done = engine.extract(ds, g["source"], g["transform"], wanted, collective=True)
-                except _encoder_failure() as exc:
+                except EncoderFailure as exc:
                     failed = next(n for n in batch if id(plan.encoders[n]) == exc.encoder_id)
                     for uid in g["units"][failed]:
                         errors[uid] = str(exc)
                     batch.remove(failed)
                     continue
-                except DiskFullError:
+                except FatalError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a data problem: every unit of the pass fails alike
                     for n in batch:
@@ -231,15 +325,7 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
     return forwards, errors
 
 
-def _encoder_failure():
-    from .features import EncoderFailure
-
-    return EncoderFailure
-
-
 def _error_text(exc: BaseException) -> str:
-    from .features import EncoderFailure
-
     return str(exc) if isinstance(exc, EncoderFailure) else f"{type(exc).__name__}: {exc}"
 
 
@@ -254,31 +340,42 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
     art_dir.mkdir(parents=True, exist_ok=True)
     ctx = UnitContext(engine, enc, ds, task, art_dir, plan.seed, log)
     cfg = plan.unit_config(unit)
-    result = {"unit": unit.id, "encoder": unit.encoder, "dataset": unit.dataset, "task": unit.task,
-              "task_plugin": task.plugin_name, "headline": list(task.headline), "config": cfg,
-              "encoder_pretraining": enc.pretraining, "dataset_level": ds.level, "dataset_hierarchy": ds.hierarchy,
-              "config_hash": config_hash(cfg), "plugins": _plugin_versions(cfg),
-              "status": "ok", "metrics": {}, "details": {}, "artifacts": [],
-              "error": None}
+    result = {"schema": SCHEMA_VERSION, "unit": unit.id, "encoder": unit.encoder, "dataset": unit.dataset,
+              "task": unit.task, "task_plugin": task.plugin_name, "headline": list(task.headline),
+              "status": "ok", "metrics": {}, "details": {}, "artifacts": [], "error": None, "warnings": [],
+              "config": cfg, "identity": _identities(plan, unit), "core_version": CORE_VERSION,
+              "plugins": _plugins_of(plan, unit, cfg), "encoder_pretraining": enc.pretraining,
+              "dataset_level": ds.level, "dataset_hierarchy": ds.hierarchy}
     t0 = time.perf_counter()
     try:
         if prefetch_error:
             raise HarnessError(prefetch_error)
         produced = task.run(ctx) or {}
-        unknown = set(produced) - {"metrics", "details", "artifacts"}
+        unknown = set(produced) - {"metrics", "details", "artifacts", "per_item", "warnings"}
         if unknown:
-            raise HarnessError(f"task '{unit.task}' returned unknown result keys {sorted(unknown)}")
+            raise HarnessError(f"task '{unit.task}' returned unknown result keys {sorted(unknown)} (expected "
+                               "metrics, details, artifacts, per_item, warnings)")
         result["metrics"] = produced.get("metrics", {})
         result["details"] = produced.get("details", {})
         result["artifacts"] = [os.path.relpath(p, out) for p in produced.get("artifacts", [])]
+        result["warnings"] += [str(w) for w in produced.get("warnings", [])]
+        if produced.get("per_item") and main:
+            result["per_item"] = _write_per_item(out, unit, produced["per_item"])
         if enc.load_report:
             result["details"]["checkpoint_load_report"] = enc.load_report
-    except DiskFullError:
+    except FatalError:
         raise  # every later unit would fail alike: stop the run with one line
     except Exception as exc:  # noqa: BLE001 - failure isolation: record and go on
         result["status"] = "failed"
         result["error"] = str(exc) if prefetch_error else _error_text(exc)
         result["traceback"] = traceback.format_exc()
+    splits = ctx.splits_read
+    try:
+        splits = splits | {r.split for r in task.requests(enc, ds)}
+    except Exception:  # noqa: BLE001 - already reported by the prefetch
+        pass
+    result["inputs"] = _inputs(engine, ds, splits)
+    result["key"] = _result_key(plan, unit, result["inputs"])
     result["forwards"] = ctx.forwards + prefetch_forwards
     result["cache_hits"] = ctx.cache_hits
     result["timings"] = {"total_s": round(time.perf_counter() - t0, 4), "features_s": round(ctx.feature_seconds, 4)}
@@ -287,16 +384,41 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
     return result if main else None
 
 
-def _plugin_versions(cfg: dict) -> dict:
-    """Which distribution (and version) provided each plugin of a unit: results say what code made them."""
+def _write_per_item(out: Path, unit: Unit, arrays: dict) -> dict:
+    """Per-item arrays as results/<unit>.npz (written atomically); the result's ``per_item`` entry."""
+    import numpy as np
+
+    from .io import io_error
+
+    path = out / "results" / f"{unit.id}.npz"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+    arrays = {str(k): np.asarray(v) for k, v in arrays.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise io_error(path, exc, "writing per-item results") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"file": os.path.relpath(path, out),
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}}
+
+
+def _plugins_of(plan: Plan, unit: Unit, cfg: dict) -> dict:
+    """Which distribution (and version) provided each plugin of a unit, and the plugin's declared version:
+    results say what code made them."""
     from .plugins import Plugins
 
     out = {}
-    for role in ("encoder", "dataset", "task"):
+    for role, obj in (("encoder", plan.encoders[unit.encoder]), ("dataset", plan.datasets[unit.dataset]),
+                      ("task", plan.tasks[unit.task])):
         origin = cfg[role].get("origin") or ""
         dist = origin.split(":", 1)[0] if ":" in origin and not origin.startswith("file:") else None
         out[role] = {"plugin": cfg[role].get("plugin"), "origin": origin, "distribution": dist,
-                     "version": Plugins.version_of(origin)}
+                     "distribution_version": Plugins.version_of(origin), "version": str(obj.version)}
     return out
 
 
@@ -337,6 +459,6 @@ def run_spec(path, out_dir=None, overrides=(), force=False, plugins=None, show_p
     results = run_plan(plan, out, force=force, show_progress=show_progress, cache_dir=cache_dir,
                        log=log or (lambda *a: None))
     if results.main:
-        report.write_report(out, results)
+        report.write_report(out, results, plugins=plugins)
     return results
 

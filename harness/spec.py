@@ -64,17 +64,91 @@ def merge(base: Any, top: Any) -> Any:
     return copy.deepcopy(top)
 
 
+#: nodes a spec document may hold with its aliases expanded (specs/paper.yaml has about 1,400); a
+#: "billion laughs" document is refused before anything walks the expanded tree
+MAX_EXPANDED_NODES = 100_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _YAMLProblem(yaml.YAMLError):
+    """A spec-specific YAML problem at a line (1-based)."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (YAML says keys are unique; PyYAML keeps the
+    last silently) and documents whose aliases expand past ``MAX_EXPANDED_NODES`` nodes or into themselves.
+    Merge keys (``<<: *base``) still work: the keys they bring in may be set again beside them."""
+
+    def flatten_mapping(self, node):
+        # before merging (which rewrites node.value): only the keys written in this mapping
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in first:
+                    raise _YAMLProblem(line, f"duplicate key '{key}' (first at line {first[key]})")
+                first[key] = line
+        super().flatten_mapping(node)
+
+    def construct_document(self, node):
+        self._checked = set()
+        self._check_expansion(node)
+        return super().construct_document(node)
+
+    @staticmethod
+    def _check_expansion(root) -> None:
+        """Count the nodes of the document with every alias expanded, each distinct node once (linear
+        in the written document), and stop at the limit or at an alias inside itself."""
+        size: dict = {}
+        on_path: set = set()
+
+        def count(node) -> int:
+            if id(node) in size:
+                return size[id(node)]
+            if id(node) in on_path:
+                raise _YAMLProblem(node.start_mark.line + 1, "an alias refers to a node that contains it "
+                                   "(a recursive structure cannot be a spec)")
+            on_path.add(id(node))
+            n = 1
+            if isinstance(node, yaml.SequenceNode):
+                n += sum(count(v) for v in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                n += sum(count(k) + count(v) for k, v in node.value)
+            on_path.discard(id(node))
+            if n > MAX_EXPANDED_NODES:
+                raise _YAMLProblem(node.start_mark.line + 1, f"aliases expand this document past "
+                                   f"{MAX_EXPANDED_NODES:,} nodes (a 'billion laughs' document?)")
+            size[id(node)] = n
+            return n
+
+        count(root)
+
+
+def _load_yaml(text: str, path: Path):
+    """The YAML document in ``text`` (from ``path``), or one SpecError line naming the file and line."""
+    try:
+        return yaml.load(text, Loader=_SpecLoader)
+    except _YAMLProblem as exc:
+        raise SpecError(f"{path}: line {exc.line}: {exc.message}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
 def _read_yaml(path: Path, stack: tuple = ()) -> dict:
     if path.resolve() in stack:
         raise SpecError(f"{path}: include cycle: {' -> '.join(str(p) for p in stack + (path.resolve(),))}")
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    data = _load_yaml(path.read_text(), path) or {}
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec must be a YAML mapping, got {type(data).__name__}")
     data = _substitute_env(data, str(path))
@@ -144,7 +218,9 @@ def _type_name(t: type) -> str:
             list: "a list", dict: "a mapping"}.get(t, t.__name__)
 
 
-def check_option(opt: Option, value: Any, where: str) -> Any:
+def check_option(opt: Option, value: Any, where: str, disk: bool = True) -> Any:
+    """The option's value checked (type, choices, ``check``) and normalised; ``disk``: also that a
+    ``must_exist`` path exists."""
     if value is None and opt.nullable:
         return None
     t = opt.type
@@ -159,7 +235,7 @@ def check_option(opt: Option, value: Any, where: str) -> Any:
     if opt.path is not None:
         value = os.path.expanduser(str(value))
         p = Path(value)
-        if opt.must_exist:
+        if opt.must_exist and disk:
             if not p.exists():
                 raise SpecError(f"{where}: {opt.path if opt.path != 'any' else 'path'} not found: {value}")
             if opt.path == "file" and not p.is_file():
@@ -173,7 +249,7 @@ def check_option(opt: Option, value: Any, where: str) -> Any:
     return value
 
 
-def validate_options(schema: dict[str, Option], given: Any, where: str) -> dict:
+def validate_options(schema: dict[str, Option], given: Any, where: str, disk: bool = True) -> dict:
     if given is None:
         given = {}
     if not isinstance(given, dict):
@@ -185,7 +261,7 @@ def validate_options(schema: dict[str, Option], given: Any, where: str) -> dict:
     out = {}
     for k, opt in schema.items():
         if k in given:
-            out[k] = check_option(opt, given[k], f"{where}.{k}")
+            out[k] = check_option(opt, given[k], f"{where}.{k}", disk)
         elif opt.default is REQUIRED:
             raise SpecError(f"{where}.{k}: missing required option ({opt.help or _type_name(opt.type)})")
         else:
@@ -266,11 +342,11 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
     instances: dict = {}
     for section, kind in SECTIONS.items():
         config[section], instances[section] = {}, {}
-        # only entries the run uses are validated and built: a spec that narrows `run` need not have
-        # every other dataset or checkpoint of an included spec on disk
+        # every entry is checked in shape (plugin, option names, types, choices, checks), so a typo in one
+        # the run does not use is reported too; only those it uses are checked against the disk (paths,
+        # the plugin's validate()) and built: a spec that narrows `run` need not have every other dataset
+        # or checkpoint of an included spec on disk
         for name, entry in entries[section].items():
-            if name not in used[section]:
-                continue
             key = f"{section}.{name}"
             entry = {} if entry is None else entry
             if not isinstance(entry, dict):
@@ -284,7 +360,10 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
                 reg = plugins.get(kind, str(plugin_name))
             except KeyError as exc:
                 raise SpecError(f"{where}: {key}.plugin: {exc.args[0]}") from None
-            opts = validate_options(reg.cls.option_schema(), entry.get("options"), f"{where}: {key}.options")
+            opts = validate_options(reg.cls.option_schema(), entry.get("options"), f"{where}: {key}.options",
+                                    disk=name in used[section])
+            if name not in used[section]:
+                continue
             try:
                 obj = reg.cls(str(name), **opts)
                 obj.validate()

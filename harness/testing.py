@@ -16,7 +16,8 @@ from typing import Sequence
 
 from .api import Dataset, Encoder, HarnessError, Samples
 from .cache import FeatureCache
-from .features import FeatureEngine, UnitContext
+from .context import UnitContext
+from .features import FeatureEngine
 
 
 class StubEncoder(Encoder):

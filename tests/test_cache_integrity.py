@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import TOY_PLUGINS
-from harness.cache import PID_DOMAIN, DiskFullError, FeatureCache, writer_tag
+from harness.cache import PID_DOMAIN, FeatureCache, writer_tag
+from harness.io import DiskFullError
 from harness.cli import main
 from harness.runner import run_spec
 
@@ -76,8 +77,10 @@ def test_cache_commands(spec, tmp_path, toy_plugins, capsys):
     assert len(FeatureCache(cache).entries()) == 1
     assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
     assert FeatureCache(cache).entries() == []
-    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 1
-    assert "say what to remove" in capsys.readouterr().err
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 2  # a usage error, as argparse's
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("usage: harness cache ") and err[-1] == (
+        "harness cache: error: prune needs what to remove: --older-than DAYS, --max-size SIZE, --match TEXT or --all")
 
 
 def _no_temporaries(folder):

@@ -95,3 +95,35 @@ def test_ls_one_plugin_shows_its_options(capsys):
     assert "checkpoint" in out and "(required)" in out and "pretraining: contrastive" in out
     assert main(["ls", "encoders", "dinoo"]) == 1
     assert "unknown encoder 'dinoo'; did you mean 'dino'?" in capsys.readouterr().err
+
+
+def test_ls_without_a_kind_lists_all_three_under_headings(capsys, monkeypatch):
+    code, out, _ = _run(["ls"], capsys, monkeypatch)
+    assert code == 0
+    lines = out.splitlines()
+    headings = [l for l in lines if l.endswith(")") and not l.startswith(" ")]
+    assert headings == ["encoders (1)", "datasets (1)", "tasks (1)"], out
+    for heading, name in zip(headings, ["toy_stats", "toy_colours", "toy_centroid"]):
+        section = lines[lines.index(heading):]
+        assert section[1].split() == ["name", "origin", "description"] and section[3].startswith(name)
+
+
+def test_ls_accepts_singular_kinds(capsys, monkeypatch):
+    for plural, singular in [("encoders", "encoder"), ("datasets", "dataset"), ("tasks", "task")]:
+        assert _run(["ls", singular], capsys, monkeypatch)[:2] == _run(["ls", plural], capsys, monkeypatch)[:2]
+    code, out, _ = _run(["ls", "dataset", "toy_colours"], capsys, monkeypatch)
+    assert code == 0 and out.startswith("toy_colours (dataset, file:")
+    code, _, err = _run(["ls", "dataset", "toy_colour"], capsys, monkeypatch)
+    assert code == 1 and "unknown dataset 'toy_colour'; did you mean 'toy_colours'?" in err
+
+
+def test_output_piped_into_head_is_no_error():
+    """`harness ls | head -1`: the reader stops early; harness exits quietly, without a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("harness")
+    r = subprocess.run(f"'{exe}' ls | head -1", shell=True, capture_output=True, text=True,
+                       executable="/bin/bash")
+    assert r.stdout.strip() and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr

@@ -40,7 +40,7 @@ def test_failure_isolation_records_error_and_others_complete(tmp_path, toy_plugi
     assert bad["error"] == "encoder 'bad': RuntimeError: toy encoder asked to fail" and "Traceback" in bad["traceback"]
     good = json.loads((tmp_path / "out/results/centroid__colours__good.json").read_text())
     assert good["metrics"]["acc"] > 90
-    for key in ("config", "versions", "timings", "forwards", "git_revision", "config_hash"):
+    for key in ("config", "versions", "timings", "forwards", "git_revision", "key", "inputs", "identity"):
         assert key in good
     assert good["config"]["encoder"]["plugin"] == "toy_stats"
     assert good["versions"]["torch"]
@@ -139,14 +139,21 @@ def test_resume_after_hard_kill(tmp_path):
 def test_results_record_each_plugins_distribution_and_version(tmp_path, toy_plugins):
     import importlib.metadata
 
-    from harness.runner import _plugin_versions
+    from types import SimpleNamespace
+
+    from harness.runner import _plugins_of
+    from harness.spec import Unit
 
     spec = _spec(tmp_path, TWO_ENCODERS)
     run_spec(spec, tmp_path / "out", plugins=toy_plugins)
     good = json.loads((tmp_path / "out/results/centroid__colours__good.json").read_text())
     enc = good["plugins"]["encoder"]
-    assert enc["plugin"] == "toy_stats" and enc["origin"].startswith("file:") and enc["version"] is None
+    assert enc == {"plugin": "toy_stats", "origin": enc["origin"], "distribution": None,
+                   "distribution_version": None, "version": "1"} and enc["origin"].startswith("file:")
     assert set(good["plugins"]) == {"encoder", "dataset", "task"}
+    plan = SimpleNamespace(encoders={"e": SimpleNamespace(version="1")}, datasets={"d": SimpleNamespace(version="1")},
+                           tasks={"t": SimpleNamespace(version="3")})
     cfg = {role: {"plugin": "x", "origin": "partbench:x"} for role in ("encoder", "dataset", "task")}
-    assert _plugin_versions(cfg)["task"] == {"plugin": "x", "origin": "partbench:x", "distribution": "partbench",
-                                             "version": importlib.metadata.version("partbench")}
+    assert _plugins_of(plan, Unit("e", "d", "t"), cfg)["task"] == {
+        "plugin": "x", "origin": "partbench:x", "distribution": "partbench",
+        "distribution_version": importlib.metadata.version("partbench"), "version": "3"}

@@ -4,6 +4,7 @@ import textwrap
 
 import pytest
 
+from harness import SpecError
 from harness.cli import main
 from harness.spec import build_plan, load_raw, merge
 
@@ -136,17 +137,76 @@ def test_validate_command_ok(tmp_path, capsys, monkeypatch):
     assert code == 0 and "OK" in out and "1 units" in out
 
 
-def test_entries_outside_the_run_are_not_built(tmp_path, toy_plugins):
+ON_DISK = textwrap.dedent("""
+    from harness import HarnessError, Option, hookimpl
+    from harness_local_plugins.toy import ToyColours
+
+    class OnDisk(ToyColours):
+        \"\"\"ToyColours whose root must exist and whose validate() reads it.\"\"\"
+        options = {**ToyColours.options, "root": Option(str, "unused", path="dir", must_exist=True)}
+
+        def validate(self):
+            raise HarnessError(f"{self.opts['root']}: no images here")
+
+    @hookimpl
+    def register_datasets(register):
+        register("on_disk", OnDisk)
+    """)
+
+NARROWED = """
+encoders:
+  stats: {plugin: toy_stats}
+  spare: {plugin: toy_stats, options: {batch_size: 8}}
+datasets:
+  colours: {plugin: toy_colours, options: {n: 6}}
+  elsewhere: {plugin: on_disk, options: {root: /nonexistent, n: 4}}
+tasks:
+  centroid: {plugin: toy_centroid}
+  other: {plugin: toy_centroid, options: {representation: tokens}}
+run: [{encoders: [stats], datasets: [colours], tasks: [centroid]}]
+"""
+
+
+def _on_disk_plugins(tmp_path):
+    from harness.plugins import Plugins
+
+    (tmp_path / "plugs").mkdir(exist_ok=True)
+    (tmp_path / "plugs" / "on_disk.py").write_text(ON_DISK)
+    return Plugins(plugins_dirs=[TOY_PLUGINS, tmp_path / "plugs"], allow=["toy", "on_disk"])
+
+
+def test_entries_outside_the_run_are_not_checked_on_disk_nor_built(tmp_path):
     """A spec that narrows `run` (e.g. one table of an included paper spec) need not have the other
-    entries' files: unused entries are not validated."""
-    spec = _spec(tmp_path, GOOD + """
-        datasets:
-          colours: {plugin: toy_colours, options: {n: 6}}
-          elsewhere: {plugin: not_installed_here, options: {root: /nonexistent}}
-        run: [{datasets: [colours]}]
-        """.replace("        ", ""))
-    plan = build_plan(spec, toy_plugins)
-    assert set(plan.datasets) == {"colours"} and len(plan.units) == 1
+    entries' files: their paths and the plugin's validate() are not checked, and they are not built."""
+    plugins = _on_disk_plugins(tmp_path)
+    plan = build_plan(_spec(tmp_path, NARROWED), plugins)
+    assert set(plan.datasets) == {"colours"} and set(plan.encoders) == {"stats"} and len(plan.units) == 1
+    used = _spec(tmp_path, NARROWED.replace("datasets: [colours]", "datasets: [elsewhere]"), "used.yaml")
+    with pytest.raises(SpecError, match=r"used\.yaml: datasets\.elsewhere\.options\.root: dir not found: /nonexistent"):
+        build_plan(used, plugins)
+
+
+UNUSED_TYPOS = [
+    ("encoder option", ("batch_size: 8", "batch_sise: 8"),
+     r"encoders\.spare\.options\.batch_sise: unknown option; did you mean 'batch_size'\?"),
+    ("encoder option type", ("batch_size: 8", "batch_size: eight"),
+     r"encoders\.spare\.options\.batch_size: expected an integer, got str 'eight'"),
+    ("dataset plugin", ("plugin: on_disk", "plugin: on_disc"),
+     r"datasets\.elsewhere\.plugin: unknown dataset 'on_disc'; did you mean 'on_disk'\?"),
+    ("dataset option", ("n: 4", "nn: 4"), r"datasets\.elsewhere\.options\.nn: unknown option; did you mean 'n'\?"),
+    ("task choice", ("representation: tokens", "representation: token"),
+     r"tasks\.other\.options\.representation: 'token' is not one of .*did you mean 'tokens'\?"),
+    ("entry key", ("options: {representation: tokens}", "option: {representation: tokens}"),
+     r"tasks\.other\.option: unknown key; did you mean 'options'\?"),
+]
+
+
+@pytest.mark.parametrize("label,edit,pattern", UNUSED_TYPOS, ids=[t[0] for t in UNUSED_TYPOS])
+def test_entries_outside_the_run_are_checked_in_shape(tmp_path, label, edit, pattern):
+    """A typo in an entry `run` does not use is reported too (it used to pass unseen until the entry
+    was used)."""
+    with pytest.raises(SpecError, match=r"spec\.yaml: " + pattern):
+        build_plan(_spec(tmp_path, NARROWED.replace(*edit)), _on_disk_plugins(tmp_path))
 
 
 def test_plugin_validate_runs_at_validation_and_names_the_entry(tmp_path, capsys, monkeypatch):
@@ -214,3 +274,47 @@ def test_an_unavailable_cuda_device_is_a_spec_error(tmp_path, capsys, monkeypatc
     code, _, err = _cli(["validate", str(spec)], capsys, monkeypatch)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "spec.yaml: device: '" + device + "' requested but" in err
+
+
+def test_a_duplicate_key_is_exit_2_naming_the_key_and_both_lines(tmp_path, capsys, monkeypatch):
+    """YAML keys are unique; PyYAML kept the last one silently (here: the spec lost its encoders)."""
+    spec = _spec(tmp_path, GOOD + "encoders:\n  other: {plugin: toy_stats}\n")
+    code, _, err = _cli(["validate", str(spec)], capsys, monkeypatch)
+    assert code == 2 and err.strip() == f"error: {spec}: line 8: duplicate key 'encoders' (first at line 2)"
+    nested = _spec(tmp_path, GOOD.replace("{n: 6}", "{n: 6, seed: 1, n: 7}"), "nested.yaml")
+    code, _, err = _cli(["validate", str(nested)], capsys, monkeypatch)
+    assert code == 2 and err.strip() == f"error: {nested}: line 5: duplicate key 'n' (first at line 5)"
+
+
+def test_merge_keys_still_work_and_may_be_overridden(tmp_path):
+    spec = _spec(tmp_path, """
+        encoders:
+          stats: &base {plugin: toy_stats, options: {batch_size: 2}}
+          bigger: {<<: *base, options: {batch_size: 6}}
+        datasets:
+          colours: {plugin: toy_colours, options: {n: 6}}
+        tasks:
+          centroid: {plugin: toy_centroid}
+        """)
+    raw = load_raw(spec)
+    assert raw["encoders"]["bigger"] == {"plugin": "toy_stats", "options": {"batch_size": 6}}
+    assert raw["encoders"]["stats"] == {"plugin": "toy_stats", "options": {"batch_size": 2}}
+
+
+def test_a_billion_laughs_document_fails_fast(tmp_path, capsys, monkeypatch):
+    """Aliases of aliases expand exponentially: nine levels of nine are 9**7 (4.8 million) strings, which
+    the spec loader walked for seconds (and 9**9 for ever)."""
+    import time
+
+    text = GOOD + 'description:\n  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for prev, name in zip("abcdef", "bcdefg"):
+        text += f"  {name}: &{name} [{', '.join(['*' + prev] * 9)}]\n"
+    spec = _spec(tmp_path, text)
+    t0 = time.perf_counter()
+    code, _, err = _cli(["validate", str(spec)], capsys, monkeypatch)
+    assert time.perf_counter() - t0 < 0.5
+    assert code == 2 and err.strip() == (f"error: {spec}: line 14: aliases expand this document past 100,000 "
+                                         "nodes (a 'billion laughs' document?)")
+    recursive = _spec(tmp_path, GOOD + "description: &d [1, *d]\n", "rec.yaml")
+    code, _, err = _cli(["validate", str(recursive)], capsys, monkeypatch)
+    assert code == 2 and "rec.yaml: line 8: an alias refers to a node that contains it" in err

@@ -17,7 +17,9 @@ from PIL import Image
 from harness import HarnessError, Samples
 from harness import transforms as T
 from harness.cache import FeatureCache
-from harness.features import FeatureEngine, load_batches
+from harness.execution import encode
+from harness.features import FeatureEngine
+from harness.loading import load_batches
 from harness.progress import LogProgress
 from harness.testing import StubDataset
 from partbench_plugins.encoders.baselines import Pixels, RandomViT
@@ -49,8 +51,7 @@ def old_path(enc, samples, transform, bs):
     rows = []
     for s in range(0, len(samples), bs):
         x = torch.stack([T.apply(transform, samples.image(i)) for i in range(s, min(s + bs, len(samples)))])
-        with torch.inference_mode():
-            rows.append(enc.forward((x - mean) / std, ["cls", "block.1"]))
+        rows.append(encode(enc, (x - mean) / std, ["cls", "block.1"]))
     return {r: torch.cat([o[r] for o in rows]).numpy() for r in ("cls", "block.1")}
 
 
@@ -129,8 +130,7 @@ def test_pad_transform_zeroes_the_padding_after_normalisation(tmp_path):
         img = torch.from_numpy(np.array(samples.image(i))).permute(2, 0, 1).float() / 255
         canvas = torch.zeros(1, 3, 64, 64)
         canvas[0, :, :img.shape[1], :img.shape[2]] = (img - mean) / std  # mmseg pads with 0 after normalising
-        with torch.inference_mode():
-            ref = enc.forward(canvas, ["tokens"])["tokens"][0].numpy().astype(np.float16)
+        ref = encode(enc, canvas, ["tokens"])["tokens"][0].numpy().astype(np.float16)
         assert np.array_equal(got["tokens"][i], ref)
     with pytest.raises(ValueError, match="does not fit"):
         T.pixels("pad:32:32", samples.image(0))
@@ -245,7 +245,7 @@ def test_one_and_two_processes_give_the_same_cache_and_metrics(tmp_path):
 
 
 def test_persistent_loader_reuses_its_workers_and_follows_a_new_order():
-    from harness.features import Loader
+    from harness.loading import Loader
 
     samples = NoiseSamples(n=17)
     ref = Loader(samples, "resize:32", 4, workers=0)

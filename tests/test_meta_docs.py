@@ -13,7 +13,8 @@ def _hookspecs():
 
 
 def test_hookspecs_exist():
-    assert {n for n, _ in _hookspecs()} == {"register_encoders", "register_datasets", "register_tasks"}
+    assert {n for n, _ in _hookspecs()} == {"register_encoders", "register_datasets", "register_tasks",
+                                         "register_reports"}
 
 
 def test_every_hookspec_documented_with_exact_signature():

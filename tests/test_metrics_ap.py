@@ -1,4 +1,4 @@
-"""harness.metrics: tie-aware AP equal to sklearn, blocked retrieval, aggregation, top-k."""
+"""retrieval_metrics (the retrieval and gallery tasks' AP): tie-aware AP equal to sklearn, blocked retrieval, aggregation, top-k."""
 import math
 import warnings
 
@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-import harness.metrics as M
-from harness.metrics import (ap_from_scores, class_mean_ap, cosine_topk, mean_ap, per_class_ap,
+import partbench_plugins.tasks.retrieval_metrics as M
+from partbench_plugins.tasks.retrieval_metrics import (ap_from_scores, class_mean_ap, cosine_topk, mean_ap, per_class_ap,
                              retrieval_ap)
 
 BACKENDS = [None, "torch"]  # None = numpy kernels on CPU; "torch" = the accelerator kernel, run on CPU

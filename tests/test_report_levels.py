@@ -4,7 +4,7 @@ import json
 import pytest
 
 from harness import report
-from harness.levels import level_pairs
+from partbench_plugins.reports.levels import level_pairs
 
 
 def res(task, dataset, encoder, value, level, hierarchy, pretraining, plugin="linear_seg", status="ok"):
@@ -129,7 +129,7 @@ def retrieval(task, dataset, encoder, value, level, representation, options=None
 
 
 def test_encoded_vs_projected_groups_tasks_that_differ_only_in_the_representation(tmp_path):
-    from harness.representations import representation_groups
+    from partbench_plugins.reports.representations import representation_groups
 
     rs = [retrieval("r", "coco_objects", "mocov3", 40.0, "object", "cls"),
           retrieval("r_proj", "coco_objects", "mocov3", 45.0, "object", "projected"),
@@ -148,3 +148,69 @@ def test_encoded_vs_projected_groups_tasks_that_differ_only_in_the_representatio
     md = (tmp_path / "report.md").read_text()
     assert "representations compared" in md and "| mocov3    | coco_parts   | part    | retrieval AP | 30.00 |       20.00 |" in md
     assert "representations compared" not in report.render(rs[:1] + rs[4:5])
+
+
+REPORT_PLUGIN = '''
+from pathlib import Path
+
+from harness.api import Report, hookimpl, write_json_atomic
+
+
+class CountUnits(Report):
+    """Counts the units of a run by status."""
+
+    def render(self, results, fmt="github"):
+        return f"units by status: {sorted((r['status'], r['unit']) for r in results)}"
+
+    def write(self, results, out_dir, figures=True):
+        path = Path(out_dir) / "count.json"
+        write_json_atomic(path, {"n": len(results), "figures": figures})
+        return {"count": path}
+
+
+class Broken(Report):
+    def render(self, results, fmt="github"):
+        raise RuntimeError("broken render")
+
+    def write(self, results, out_dir, figures=True):
+        raise RuntimeError("broken write")
+
+
+@hookimpl
+def register_reports(register):
+    register("count_units", CountUnits)
+    register("broken", Broken)
+'''
+
+
+def test_hook_register_reports(tmp_path):
+    """A report plugin registered through the hook is run by write_report and render with the results; a
+    failing one costs one warning, never the rest of the report."""
+    from harness.plugins import Plugins
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "count_report.py").write_text(REPORT_PLUGIN)
+    plugins = Plugins(plugins_dirs=[folder], allow=["count_report", "levels"])
+    assert set(plugins.registry["report"]) == {"count_units", "broken", "levels"}
+    assert plugins.registry["report"]["count_units"].origin == f"file:{folder / 'count_report.py'}"
+    results = ade_results()
+    with pytest.warns(UserWarning, match="report 'broken' failed while writing its files: RuntimeError: broken write"):
+        written = report.write_report(tmp_path / "out", results, figure=False, plugins=plugins)
+    assert json.loads(written["count"].read_text()) == {"n": len(results), "figures": False}
+    assert "levels" in written and "levels_figure" not in written  # the built-in one, without figures
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "units by status: [('ok', 'seg__ade150__deit')," in md and "object vs part" in md
+
+
+def test_a_report_plugin_must_subclass_report(tmp_path):
+    from harness.api import HarnessError
+    from harness.plugins import Plugins
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "bad_report.py").write_text("from harness.api import hookimpl\n\nclass NotAReport:\n    pass\n\n\n"
+                                          "@hookimpl\ndef register_reports(register):\n"
+                                          "    register('bad', NotAReport)\n")
+    with pytest.raises(HarnessError, match="report 'bad' must be a subclass of harness.Report"):
+        Plugins(plugins_dirs=[folder], allow=["bad_report"])

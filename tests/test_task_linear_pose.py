@@ -13,7 +13,7 @@ from PIL import Image
 from fixtures_data import COCO_KEYPOINT_NAMES, COCO_TRAIN, instantiate, write_coco
 from harness import HarnessError
 from partbench_plugins.datasets.coco_persons import CocoPersons, clip_box
-from partbench_plugins.tasks.dense import HeadBank
+from partbench_plugins.tasks.head_bank import HeadBank, adamw
 from partbench_plugins.tasks.linear_pose import PoseHead
 from partbench_plugins.tasks.pose_codec import PoseCodec, joints_mse_loss
 from partbench_plugins.tasks.pose_eval import evaluate_keypoints, keypoint_results
@@ -116,7 +116,7 @@ def test_a_head_on_informative_features_beats_a_shuffled_control():
     feats = torch.nn.functional.avg_pool2d(target, 2) * 10  # [n, k, 8, 6] maps: position information
 
     def train(targets):
-        bank = HeadBank(lambda: PoseHead(k, k, upsample=2), [1e-1], 0.0, seed=0)
+        bank = HeadBank(lambda: PoseHead(k, k, upsample=2), [1e-1], adamw(0.0), seed=0)
         for _ in range(600):
             bank.step(feats, lambda head, x: joints_mse_loss(head(x), targets, weight))
         with torch.no_grad():
@@ -202,3 +202,32 @@ def test_spec_runs_and_reports_the_table10_columns(tmp_path, capsys):
     for col in ("AP (paper)", "AP50 (paper)", "AR (paper)", "AR50 (paper)"):
         assert col in printed
     assert "6.80" in printed and "44.30" in printed
+
+
+PIXELS_SPEC = """
+encoders:
+  px: {{plugin: pixels}}
+datasets:
+  persons: {{plugin: synthetic_parts, options: {{num_images: 12, image_size: 96, format: keypoints, root: {root}}}}}
+tasks:
+  pose: {{plugin: linear_pose, options: {{blocks: [], input_size: [64, 48], epochs: 2, steps: [1], batch_size: 8,
+                                        warmup: 1, lr: 5.0e-3}}}}
+"""
+
+
+def test_no_blocks_reads_the_final_tokens_so_weight_free_encoders_run(tmp_path):
+    """``blocks: []`` reads the final-norm tokens, as in linear_seg: the pixels encoder (no blocks) runs."""
+    from harness.cli import main
+
+    spec = tmp_path / "pose.yaml"
+    spec.write_text(PIXELS_SPEC.format(root=tmp_path / "gen"))
+    assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    (res,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "results").glob("*.json")]
+    assert res["status"] == "ok", res["error"]
+    d = res["details"]
+    assert d["blocks"] == [] and set(res["metrics"]) == {"AP", "AP50", "AP75", "AR", "AR50"}
+    assert d["cache_gb"] is None  # the pixels encoder declares no width before it runs
+    heads = torch.load(tmp_path / "out" / next(a for a in res["artifacts"] if a.endswith("heads.pt")))
+    # the head reads one 3 x 16 x 16 pixel vector per patch of the 64 x 48 crop
+    assert heads["heads"][0]["conv.weight"].shape[1:] == (3 * 16 * 16, 1, 1)
+    assert res["forwards"] == d["persons"]["train"] + 2 * d["persons"]["test"]

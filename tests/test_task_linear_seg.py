@@ -15,7 +15,8 @@ from harness.spec import validate_options
 from harness.testing import FakeContext, StubDataset
 from partbench_plugins.encoders.baselines import RandomViT
 from partbench_plugins.tasks import linear_seg as ls
-from partbench_plugins.tasks.dense import HeadBank, warmup_poly_lr
+from partbench_plugins.tasks import seg_mmseg
+from partbench_plugins.tasks.head_bank import HeadBank, adamw
 
 CLASSES = ["red", "green", "blue"]
 TINY = dict(embed_dim=24, depth=4, num_heads=2, img_size=32, patch_size=8)
@@ -73,19 +74,12 @@ def test_geometry_follows_mmcv_and_mmseg():
 
 
 def _mmseg_model(encoder, C, crop, stride, aux=True, lr=4e-4, iters=160000, warmup=1500):
-    from mmseg.registry import MODELS
-
-    from partbench_plugins.tasks import seg_mmseg
-
-    seg_mmseg.register()
     cfg = seg_mmseg.build_config(encoder=encoder, blocks=[0, 1, 2, 3], embed_dim=TINY["embed_dim"], num_classes=C,
                                  classes=CLASSES, layout={"data_root": "/", "train": {}, "val": {}},
                                  scale=(96, 48), crop=crop, stride=stride, mean=encoder.opts["mean"],
                                  std=encoder.opts["std"], work_dir="/tmp", auxiliary=aux, lr=lr, iters=iters,
                                  warmup=warmup)
-    from mmengine.config import Config
-
-    return MODELS.build(Config(cfg).model), cfg
+    return seg_mmseg.instantiate(cfg["model"], "model"), cfg
 
 
 def fp16_like_the_cache(model):
@@ -98,8 +92,6 @@ def fp16_like_the_cache(model):
 def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_path):
     """k optimiser steps on cached window features == k mmseg train_steps on the same windows with the
     auxiliary head training alongside (no augmentation): same conv_seg weights to 1e-6."""
-    from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import PARAM_SCHEDULERS
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
 
@@ -110,7 +102,7 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
     view = ls.window_view(train, geo, True, "train")
     ctx = FakeContext(e, StubDataset("s", {"train": train}), out_dir=tmp_path)
     feats = ctx.features(view, ["block.0", "block.1", "block.2", "block.3"], "pad:32:32")
-    labels = ls.LinearSeg._window_labels(train, geo, view)
+    labels = ls.window_labels(train, view)
     from partbench_plugins.tasks.dense import DenseMaps
 
     maps = DenseMaps(feats, ["block.0", "block.1", "block.2", "block.3"], (4, 4), 1, "cpu")
@@ -120,13 +112,14 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
     model.init_weights()
     model.train()
     torch.manual_seed(0)
-    bank = HeadBank(lambda: ls.LinearSegHead(4 * TINY["embed_dim"], 3), [0.05], 0.05)
+    bank = HeadBank(lambda: ls.LinearSegHead(4 * TINY["embed_dim"], 3), [0.05], adamw(0.05),
+                    lambda base, it: ls.warmup_poly_lr(base, it, 6, 3, 1e-6))
     with torch.no_grad():  # the same initial weights on both sides
         model.decode_head.conv_seg.weight.copy_(bank.heads[0].conv_seg.weight)
         model.decode_head.conv_seg.bias.copy_(bank.heads[0].conv_seg.bias)
     aux_before = [p.detach().clone() for p in model.auxiliary_head.parameters()]
-    wrapper = build_optim_wrapper(model, cfg["optim_wrapper"])
-    scheds = [PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper)) for s in cfg["param_scheduler"]]
+    wrapper = seg_mmseg.instantiate(cfg["optim_wrapper"], "optim_wrapper", model=model)
+    scheds = [seg_mmseg.instantiate(s, "param_scheduler", optimizer=wrapper) for s in cfg["param_scheduler"]]
     rng = np.random.default_rng(0)
     for it in range(6):
         idx = rng.choice(len(view), 4, replace=False)
@@ -143,7 +136,7 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
             s.step()
         # ours
         y = labels[torch.from_numpy(idx)]
-        bank.set_lr(lambda base: warmup_poly_lr(base, it, 6, 3, 1e-6))
+        bank.set_step(it)
         bank.step(maps.batch(idx), lambda h, x: ls.seg_loss(h(x), y))
     ours = bank.heads[0].conv_seg
     theirs = model.decode_head.conv_seg
@@ -156,29 +149,24 @@ def test_fast_steps_equal_mmseg_train_steps_with_the_auxiliary_head(data, tmp_pa
 def test_slide_inference_and_iou_equal_mmseg(data, tmp_path):
     """Our evaluation (cached windows, stitching, resize, argmax, IoU) == mmseg's EncoderDecoder slide
     inference + IoUMetric for the same head, on images larger and smaller than the crop."""
-    from mmcv.transforms import Compose
-    from mmseg.evaluation import IoUMetric
-
     _, val = data
     e = enc(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
     t = task(iterations=1)
-    geo = ls._Geometry(val, (96, 48), (32, 32), (24, 24))
-    view = ls.window_view(val, geo, False, "val")
-    ctx = FakeContext(e, StubDataset("s", {"val": val}), out_dir=tmp_path)
-    reps = ["block.0", "block.1", "block.2", "block.3"]
-    feats = ctx.features(view, reps, "pad:32:32")
-    torch.manual_seed(3)
-    bank = HeadBank(lambda: ls.LinearSegHead(4 * TINY["embed_dim"], 3), [1.0], 0.0)
-    ours = t._evaluate(ctx, bank, val, geo, view, feats, reps, (4, 4), 1, 3)[0]
+    ctx = FakeContext(e, StubDataset("s", {"train": val, "val": val}), out_dir=tmp_path)
+    unit = t.prepare(ctx)  # the dataset's geometry: scale 96x48, crop 32x32, stride 24x24
+    assert unit.views["test"].geo.crop == (32, 32) and unit.grid == (4, 4)
+    bank = HeadBank(lambda: ls.LinearSegHead(4 * TINY["embed_dim"], 3), [1.0], adamw(0.0), seed=3)
+    ours = t.decoder(unit).evaluate(bank)[0]
 
     model, cfg = _mmseg_model(e, 3, (32, 32), (24, 24), aux=False)
     fp16_like_the_cache(model)
     with torch.no_grad():
         model.decode_head.conv_seg.load_state_dict(bank.heads[0].conv_seg.state_dict())
     model.eval()
-    pipe = Compose([dict(type="LoadImageFromFile"), dict(type="Resize", scale=(96, 48), keep_ratio=True),
-                    dict(type="LoadAnnotations", reduce_zero_label=True), dict(type="PackSegInputs")])
-    metric = IoUMetric()
+    pipe = seg_mmseg.instantiate(dict(type="Compose", transforms=[
+        dict(type="LoadImageFromFile"), dict(type="Resize", scale=(96, 48), keep_ratio=True),
+        dict(type="LoadAnnotations", reduce_zero_label=True), dict(type="PackSegInputs")]), "transform")
+    metric = seg_mmseg.instantiate(dict(type="IoUMetric"), "metric")
     metric.dataset_meta = {"classes": CLASSES}
     for i in range(len(val)):
         d = pipe({"img_path": val.image_paths[i], "seg_map_path": val.mask_paths[i], "reduce_zero_label": True,

@@ -7,7 +7,8 @@ batch 1024, ``init_lr = base_lr * batch / 256``, cosine decay set once per epoch
 What differs from the official script, on purpose:
 - Features come from the frozen-feature cache: the encoder runs once per image, not once per epoch
   (``feature_source: reencode`` re-runs it every epoch, like the official code, for verification).
-- Several base learning rates train in lockstep on the same mini-batches (one feature read per batch).
+- Several base learning rates train in lockstep on the same mini-batches (one feature read per batch):
+  a ``head_bank.HeadBank`` with SGD and the cosine schedule, the engine the dense tasks use too.
 - Three accuracies are reported side by side: best epoch on test (official, paper-comparable), final
   epoch, and the epoch/lr chosen on a held-out part of the training split.
 """
@@ -27,7 +28,7 @@ from harness import HarnessError, Option, Task
 from harness.api import FeatureRequest
 from harness import transforms as _transforms
 
-from .dense import learning_rates
+from .head_bank import HeadBank, check_lrs, learning_rates, sgd
 
 # Arrays up to this size (as float32) are moved to the device once; larger ones stream per batch.
 _RESIDENT_BYTES = 1 << 30
@@ -40,17 +41,6 @@ def _positive(v):
 
 def _at_least(n):
     return lambda v: None if v >= n else f"must be >= {n}"
-
-
-def _check_lrs(v):
-    if not v:
-        return "must be a non-empty list of base learning rates (or null)"
-    for x in v:
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            return f"every entry must be a number, got {x!r}"
-        if not x > 0:
-            return f"every base learning rate must be > 0, got {x!r}"
-    return None
 
 
 def _check_fraction(v):
@@ -75,7 +65,7 @@ def probe_options(base_lr: float) -> dict[str, Option]:
         "lr": Option(float, base_lr, "base learning rate of the protocol; actual lr = lr * batch_size / 256",
                      check=_positive),
         "lrs": Option(list, None, "extra base learning rates trained in lockstep with `lr` (same batches); "
-                      "held-out selection picks among all of them", check=_check_lrs, nullable=True),
+                      "held-out selection picks among all of them", check=check_lrs, nullable=True),
         "epochs": Option(int, 90, "training epochs (cosine decay per epoch, no warmup)", check=_at_least(1)),
         "batch_size": Option(int, 1024, "training mini-batch size", check=_at_least(2)),
         "eval_batch_size": Option(int, 256, "evaluation batch size (official 256; matters only when "
@@ -211,59 +201,42 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[int, in
 
 
 class Run:
-    """One training run: several heads (one per base lr) trained in lockstep on the same batches."""
+    """One training run: a HeadBank of heads (one per base lr) trained in lockstep on the same batches, SGD
+    with the cosine schedule set per epoch, and the per-epoch curves of every head."""
 
     def __init__(self, name, make_head, lrs, train_idx, labels, opts, seed, device):
         self.name, self.lrs, self.opts, self.seed = name, list(lrs), opts, seed
         self.train_idx = np.asarray(train_idx)
         self.labels = labels  # torch int64 on device, indexed by the train split's row numbers
-        self.heads = []
-        for _ in self.lrs:
-            # identical initialisation for every lr: differences come from the lr alone
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self.heads.append(make_head().to(device))
         bs = opts["batch_size"]
-        self.init_lrs = [lr * bs / 256.0 for lr in self.lrs]
-        self.optim = torch.optim.SGD(
-            [{"params": list(h.parameters()), "lr": ilr} for h, ilr in zip(self.heads, self.init_lrs)],
-            lr=self.init_lrs[0], momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+        self.bank = HeadBank(make_head, [lr * bs / 256.0 for lr in self.lrs],
+                             sgd(opts["momentum"], opts["weight_decay"]),
+                             lambda init_lr, epoch: cosine_lr(init_lr, epoch, opts["epochs"]), seed, device)
         self.curves = {lr: {"lr": [], "train_loss": []} for lr in self.lrs}
 
     def train_epoch(self, source: FeatureSource, epoch: int) -> None:
-        for group, ilr, lr in zip(self.optim.param_groups, self.init_lrs, self.lrs):
-            group["lr"] = cosine_lr(ilr, epoch, self.opts["epochs"])
-            self.curves[lr]["lr"].append(group["lr"])
+        for lr, now in zip(self.lrs, self.bank.set_step(epoch)):
+            self.curves[lr]["lr"].append(now)
         perm = np.random.default_rng([self.seed % 2**32, epoch, len(self.train_idx)]).permutation(self.train_idx)
         chunks = batches(perm, self.opts["batch_size"])
-        for h in self.heads:
-            h.train()
-        sums = torch.zeros(len(self.heads), device=self.labels.device, dtype=torch.float64)
+        sums = torch.zeros(len(self.lrs), device=self.labels.device, dtype=torch.float64)
         seen = 0
         for idx, x in source.iterate(chunks):
             y = self.labels[torch.from_numpy(idx).to(self.labels.device)]
-            shared = self.heads[0].shared(x)
-            losses = torch.stack([F.cross_entropy(h(shared), y) for h in self.heads])
-            self.optim.zero_grad(set_to_none=True)
-            losses.sum().backward()  # heads share no parameters: each gets its own gradient
-            self.optim.step()
-            sums += losses.detach().double() * len(idx)
+            losses = self.bank.step(x, lambda h, inp: F.cross_entropy(h(inp), y))
+            sums += losses.double() * len(idx)
             seen += len(idx)
         for lr, s in zip(self.lrs, (sums / seen).tolist()):
             self.curves[lr]["train_loss"].append(s)
 
-    @torch.no_grad()
     def evaluate(self, source: FeatureSource, idx: np.ndarray, labels: torch.Tensor, k: int, tag: str) -> None:
-        for h in self.heads:
-            h.eval()
-        c1 = np.zeros(len(self.heads), np.int64)
-        ck = np.zeros(len(self.heads), np.int64)
+        c1 = np.zeros(len(self.lrs), np.int64)
+        ck = np.zeros(len(self.lrs), np.int64)
         chunks = batches(np.asarray(idx), self.opts["eval_batch_size"])
         for rows, x in source.iterate(chunks):
             y = labels[torch.from_numpy(rows).to(labels.device)]
-            shared = self.heads[0].shared(x)
-            for j, h in enumerate(self.heads):
-                a, b = topk_correct(h(shared), y, k)
+            for j, logits in enumerate(self.bank.outputs(x)):
+                a, b = topk_correct(logits, y, k)
                 c1[j] += a
                 ck[j] += b
         n = len(idx)

@@ -1,20 +1,18 @@
-"""The dense-feature path shared by linear_seg and linear_pose.
+"""The dense-feature data path of the dense tasks (``dense_task.DenseHeadTask``: linear_seg, linear_pose).
 
-Both tasks read raw block outputs (``block.<i>``, no final norm) of windows or crops of their images at
-1/patch of the input size, concatenate K blocks to K*D channels and train 1x1-conv heads on them:
+They read raw block outputs (``block.<i>``, no final norm; or the final-norm ``tokens``) of windows or crops
+of their images at 1/patch of the input size, K representations concatenated to K*D channels:
 
 - ``DerivedSamples``: a Samples whose items are rendered from a base split's items (slide windows of a
   resized image, affine person crops), optionally flipped; its fingerprint covers the base split and the
   geometry, so the feature cache keys it exactly.
 - ``DenseMaps``: the cached fp16 token maps of one such view as [B, K*D, h, w] float32 batches on the
   device, resident (read once) when they fit a memory budget, else read per batch from the memory maps.
-- ``HeadBank``: several heads (one per learning rate) trained in lockstep on the same batches with AdamW
-  and a per-iteration schedule, so an lr sweep costs one feature read per step.
+- ``tokens_to_maps``: the same maps from streamed (re-encoded, not cached) encoder outputs.
 """
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import OrderedDict
 from typing import Callable, Sequence
 
@@ -123,65 +121,3 @@ def tokens_to_maps(out: dict, names: Sequence[str], grid: tuple[int, int], prefi
     h, w = grid
     x = torch.cat([out[n][:, prefix:].half().float() for n in names], dim=2)
     return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
-
-
-def learning_rates(lr: float, lrs) -> list[float]:
-    """``lr`` first, then the further rates of ``lrs`` not already listed (the heads trained in lockstep)."""
-    out = [float(lr)]
-    for v in lrs or []:
-        if float(v) not in out:
-            out.append(float(v))
-    return out
-
-
-def warmup_poly_lr(base: float, it: int, total: int, warmup: int, warmup_ratio: float, power: float = 1.0,
-                   min_lr: float = 0.0) -> float:
-    """mmcv 1.x ``poly`` with linear warmup (the paper's segmentation schedule), at iteration ``it``
-    (0-based, set before the step): poly(it) * (ratio + (1 - ratio) * it / warmup) during the warmup."""
-    lr = (base - min_lr) * (1.0 - it / total) ** power + min_lr
-    if it < warmup:
-        lr *= 1.0 - (1.0 - it / warmup) * (1.0 - warmup_ratio)
-    return lr
-
-
-class HeadBank:
-    """K heads trained in lockstep on the same batches: one AdamW param group per head (its own lr),
-    identical initialisation, losses summed (the heads share no parameters, so every head gets exactly
-    the gradient it would get alone)."""
-
-    def __init__(self, make_head: Callable[[], torch.nn.Module], lrs: Sequence[float], weight_decay: float,
-                 betas=(0.9, 0.999), eps: float = 1e-8, seed: int = 0, device="cpu", bias_decay: bool = True):
-        self.lrs = [float(v) for v in lrs]
-        self.heads = []
-        for _ in self.lrs:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self.heads.append(make_head().to(device))
-        groups = []
-        for head, lr in zip(self.heads, self.lrs):
-            decay = [p for n, p in head.named_parameters() if bias_decay or not n.endswith("bias")]
-            plain = [p for n, p in head.named_parameters() if not bias_decay and n.endswith("bias")]
-            groups.append({"params": decay, "lr": lr, "base_lr": lr, "weight_decay": weight_decay})
-            if plain:
-                groups.append({"params": plain, "lr": lr, "base_lr": lr, "weight_decay": 0.0})
-        self.optim = torch.optim.AdamW(groups, lr=self.lrs[0], betas=betas, eps=eps, weight_decay=weight_decay)
-
-    def set_lr(self, factor_of: Callable[[float], float]) -> None:
-        for g in self.optim.param_groups:
-            g["lr"] = factor_of(g["base_lr"])
-
-    def step(self, x: torch.Tensor, loss_of: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]) -> list[float]:
-        for h in self.heads:
-            h.train()
-        losses = [loss_of(h, x) for h in self.heads]
-        self.optim.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()
-        self.optim.step()
-        return [float(v.detach()) for v in losses]
-
-    def state(self) -> list[dict]:
-        return [{k: v.detach().cpu() for k, v in h.state_dict().items()} for h in self.heads]
-
-
-def nan_to_none(x):
-    return None if isinstance(x, float) and math.isnan(x) else x

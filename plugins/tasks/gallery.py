@@ -21,7 +21,8 @@ from PIL import Image, ImageDraw
 
 from harness import HarnessError, Option, Task, hookimpl
 from harness.api import FeatureRequest
-from harness.metrics import cosine_topk
+
+from .retrieval_metrics import cosine_topk
 
 PAD = 4  # pixels between tiles and around the grid
 GAP = 3 * PAD  # extra space between the query column and the retrieved items

@@ -15,9 +15,12 @@
   ignore 255, mean over all pixels). The auxiliary head is dropped: with a frozen backbone its gradient
   never reaches the main head (tested). Evaluation is mmseg's slide inference on the cached validation
   windows (logits summed over windows, divided by the count, padding removed, bilinear to the original
-  size, argmax) scored by mmseg's ``IoUMetric``. With ``mode: stream`` nothing is cached: every epoch
-  re-encodes one random window per training image (K heads per pass), for datasets whose cache would not
-  fit; ``mode: auto`` caches up to ``max_cache_gb`` and refuses beyond it, saying which mode to use.
+  size, argmax) scored by mmseg's ``IoUMetric``. With ``mode: stream`` only the validation windows are
+  cached: every epoch re-encodes one random window per training image (K heads per pass), for datasets
+  whose cache would not fit; ``mode: auto`` caches up to ``max_cache_gb`` and refuses beyond it, saying which
+  mode to use. The fast protocol runs on ``dense_task.DenseHeadTask`` (views, maps, the training loop); this
+  file holds its segmentation parts: the window geometry, the head and loss, and ``LabelMaps`` (targets
+  and scoring).
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness import HarnessError, Option, Task, hookimpl
-from harness.api import FeatureRequest, SegSamples
+from harness import HarnessError, Option, hookimpl
+from harness.api import SegSamples
 
-from .dense import DenseMaps, DerivedSamples, HeadBank, learning_rates, tokens_to_maps, warmup_poly_lr
-
-DEFAULT_BLOCKS = [3, 5, 7, 11]
+from .dense import DerivedSamples
+from .dense_task import Decoder, DenseHeadTask, Training, dense_options
+from .head_bank import adamw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ class _Geometry:
             self.windows.append(slide_windows(max(rh, self.crop[0]), max(rw, self.crop[1]), self.crop, self.stride))
 
 
-def window_view(samples: SegSamples, geo: _Geometry, flip: bool, name: str) -> DerivedSamples:
+def window_view(samples: SegSamples, geo: _Geometry, flip: bool, name: str) -> "WindowView":
     """Every slide window of every image (and its mirror image with ``flip``), as items of a view."""
     source, boxes, flips = [], [], []
     for i, wins in enumerate(geo.windows):
@@ -123,7 +125,45 @@ def window_view(samples: SegSamples, geo: _Geometry, flip: bool, name: str) -> D
 
     geometry = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     tag = f"{name}/slide:{geo.scale[0]}x{geo.scale[1]}:{geo.crop[0]}x{geo.crop[1]}:{geo.stride[0]}x{geo.stride[1]}"
-    return DerivedSamples(samples, source, geometry, flips, render, tag + (":flip" if flip else ""), prepare)
+    return WindowView(geo, samples, source, geometry, flips, render, tag + (":flip" if flip else ""), prepare)
+
+
+class WindowView(DerivedSamples):
+    """The slide windows of a split's images (``window_view``); ``geo`` is the split's geometry."""
+
+    def __init__(self, geo: _Geometry, *args, **kw):
+        super().__init__(*args, **kw)
+        self.geo = geo
+
+
+def windows_by_image(view: DerivedSamples) -> list[np.ndarray]:
+    """The view's item indices of every image (its windows and their mirror images), by image."""
+    by_image: dict[int, list[int]] = {}
+    for k, s in enumerate(view.source.tolist()):
+        by_image.setdefault(s, []).append(k)
+    return [np.asarray(v, dtype=np.int64) for _, v in sorted(by_image.items())]
+
+
+def window_labels(samples: SegSamples, view: WindowView) -> torch.Tensor:
+    """uint8 [N, crop_h, crop_w] labels of the view's windows (255 outside the image), flipped with
+    the image."""
+    geo = view.geo
+    ch, cw = geo.crop
+    out = torch.full((len(view), ch, cw), 255, dtype=torch.uint8)
+    resized = {}
+    for k in range(len(view)):
+        i = int(view.source[k])
+        if i not in resized:
+            resized = {i: resize_label(samples.mask(i), geo.scale)}
+        lab = resized[i]
+        y1, x1, y2, x2 = (int(v) for v in view.geometry[k])
+        part = lab[y1:min(y2, lab.shape[0]), x1:min(x2, lab.shape[1])]
+        win = np.full((ch, cw), 255, dtype=np.uint8)
+        win[:part.shape[0], :part.shape[1]] = part
+        if view.flip[k]:
+            win = win[:, ::-1]
+        out[k] = torch.from_numpy(np.ascontiguousarray(win))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,6 +189,76 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(up, labels.long(), ignore_index=255, reduction="none").mean()
 
 
+def warmup_poly_lr(base: float, it: int, total: int, warmup: int, warmup_ratio: float, power: float = 1.0,
+                   min_lr: float = 0.0) -> float:
+    """mmcv 1.x ``poly`` with linear warmup (the paper's segmentation schedule), at iteration ``it``
+    (0-based, set before the step): poly(it) * (ratio + (1 - ratio) * it / warmup) during the warmup."""
+    lr = (base - min_lr) * (1.0 - it / total) ** power + min_lr
+    if it < warmup:
+        lr *= 1.0 - (1.0 - it / warmup) * (1.0 - warmup_ratio)
+    return lr
+
+
+# --------------------------------------------------------------------------------------------------
+# the decoder of the fast protocol: window label maps, mmseg's loss, slide inference + IoUMetric
+# --------------------------------------------------------------------------------------------------
+class LabelMaps(Decoder):
+    """Segmentation's part of a dense head task: the label map of every training window (the targets),
+    mmseg's decode-head loss, and mmseg's slide inference on the test windows scored by ``IoUMetric``."""
+
+    def __init__(self, task, unit):
+        super().__init__(task, unit)
+        train, test = unit.samples["train"], unit.samples["test"]
+        if list(test.classes) != list(train.classes):
+            raise HarnessError(f"{task.name}: splits '{task.opts['train_split']}' and '{task.opts['test_split']}' "
+                               "have different classes")
+        self.classes = list(train.classes)
+        self.labels = window_labels(train, unit.views["train"])  # at the crop size, 255 outside the image
+
+    def head(self, channels: int) -> torch.nn.Module:
+        return LinearSegHead(channels, len(self.classes))
+
+    def targets(self, idx, device):
+        return self.labels[torch.from_numpy(idx)].to(device)
+
+    def loss(self, out, target):
+        return seg_loss(out, target)
+
+    @torch.no_grad()
+    def evaluate(self, bank) -> list[dict]:
+        """mmseg's slide inference per image (logits of its windows resized to the crop, summed where they
+        overlap and divided by the count, padding removed, bilinear to the label size, argmax) and the
+        summed ``IoUMetric`` areas, for every head."""
+        from mmseg.evaluation import IoUMetric
+
+        unit, C = self.unit, len(self.classes)
+        samples, view = unit.samples["test"], unit.views["test"]
+        geo, device, maps = view.geo, unit.device, unit.maps("test")
+        areas = [[torch.zeros(C, dtype=torch.float64) for _ in range(4)] for _ in bank.heads]
+        windows_of = windows_by_image(view)
+        ch, cw = geo.crop
+        for i in unit.ctx.progress(range(len(samples)), desc=f"{self.task.name} eval", total=len(samples)):
+            rh, rw = geo.resized[i]
+            H, W = max(rh, ch), max(rw, cw)
+            label = torch.from_numpy(samples.mask(i).astype(np.int64))
+            ks = windows_of[i]
+            for j, out in enumerate(bank.outputs(maps.batch(ks))):
+                logits = F.interpolate(out, size=(ch, cw), mode="bilinear", align_corners=False)
+                preds = torch.zeros((C, H, W), device=device)
+                count = torch.zeros((1, H, W), device=device)
+                for k, l in zip(ks, logits):
+                    y1, x1, y2, x2 = (int(v) for v in view.geometry[k])
+                    preds[:, y1:y2, x1:x2] += l
+                    count[:, y1:y2, x1:x2] += 1
+                seg = (preds / count)[:, :rh, :rw]  # padding removed (mmseg postprocess)
+                seg = F.interpolate(seg[None], size=label.shape, mode="bilinear", align_corners=False)[0]
+                pred = seg.argmax(dim=0).cpu()
+                res = IoUMetric.intersect_and_union(pred, label, C, 255)
+                for a, r in zip(areas[j], res):
+                    a += r.double()
+        return [scores_from_areas(a, list(samples.classes)) for a in areas]
+
+
 # --------------------------------------------------------------------------------------------------
 # the task
 # --------------------------------------------------------------------------------------------------
@@ -166,35 +276,21 @@ def _check_pair(v):
     return "expected a positive integer or a [h, w] / [long, short] pair"
 
 
-def _check_lrs(v):
-    if v is None:
-        return None
-    if not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
-        return "expected a non-empty list of positive learning rates"
-    return None
-
-
-class LinearSeg(Task):
+class LinearSeg(DenseHeadTask):
     """Linear semantic segmentation (1x1 conv on frozen block maps): mIoU, mAcc, aAcc."""
 
     headline = ("mIoU", "mAcc", "aAcc")
+    samples_type, kind, item = SegSamples, "segmentation", "window"
     options = {
         "protocol": Option(str, "fast", "fast: encode each image once, train on the cache; paper: the official "
                            "mmseg recipe, re-encoding every augmented crop", choices=["fast", "paper"]),
-        "blocks": Option(list, list(DEFAULT_BLOCKS), "blocks whose raw outputs are concatenated (official: "
-                         "[3, 5, 7, 11]); [] uses the final-norm 'tokens' (encoders without blocks)",
-                         check=lambda v: None if all(isinstance(b, int) and b >= 0 for b in v) else
-                         "expected a list of block indices"),
+        **dense_options("window", lr=4e-4, batch_size=16, weight_decay=0.05, warmup=1500, test_split="val", notes={
+            "blocks": "official: [3, 5, 7, 11]", "batch_size": "official: 16", "lr": "official: 4e-4",
+            "weight_decay": "official: 0.05", "warmup": "official: 1500", "mode": "protocol fast",
+            "lrs": "Table 9; protocol paper runs mmengine once per rate"}),
         "iterations": Option(int, 160000, "training iterations (official: 160k)", check=lambda v: None if v > 0 else "must be > 0"),
-        "batch_size": Option(int, 16, "samples per iteration (official: 16)", check=lambda v: None if v > 0 else "must be > 0"),
-        "lr": Option(float, 4e-4, "AdamW learning rate (official: 4e-4)", check=lambda v: None if v > 0 else "must be > 0"),
-        "lrs": Option(list, None, "further learning rates (Table 9): fast trains their heads in lockstep on "
-                      "one feature read, paper runs mmengine once per rate",
-                      nullable=True, check=_check_lrs),
-        "weight_decay": Option(float, 0.05, "AdamW weight decay (official: 0.05)"),
         "bias_decay": Option(bool, True, "weight decay on the head's bias too (mmengine's AdamW default; the "
                              "MAE/BEiT/CAE configs' layer-decay constructor exempts 1-D parameters)"),
-        "warmup": Option(int, 1500, "linear warmup iterations (official: 1500)", check=lambda v: None if v >= 0 else "must be >= 0"),
         "warmup_ratio": Option(float, 1e-6, "warmup start factor (official: 1e-6)"),
         "scale": Option(list, None, "test-time resize (long, short), keep ratio; default: the dataset's",
                         nullable=True, check=_check_pair),
@@ -204,11 +300,6 @@ class LinearSeg(Task):
         "flip": Option(bool, False, "fast: also cache the mirror image of every training window and draw a "
                        "random flip per sample (closer to the paper's RandomFlip 0.5; doubles the training "
                        "encodes and cache)"),
-        "mode": Option(str, "auto", "fast: cache the window features (cache), re-encode every epoch (stream), or "
-                       "cache up to max_cache_gb (auto)", choices=["auto", "cache", "stream"]),
-        "max_cache_gb": Option(float, 64.0, "fast, mode auto: the largest window cache to build"),
-        "train_split": Option(str, "train", "split to train on"),
-        "test_split": Option(str, "val", "split to evaluate on"),
         "workers": Option(int, 2, "paper: mmseg data-loader workers per process"),
         "isolation": Option(str, "subprocess", "paper: run mmengine in a worker process (isolates mmseg's global "
                             "state and logging) or in this process (starts faster)",
@@ -216,24 +307,12 @@ class LinearSeg(Task):
         "auxiliary": Option(bool, True, "paper: train the auxiliary FCN head on block index 2 (as the configs)"),
     }
 
-    # -- validation ---------------------------------------------------------------------------------
-    def _reps(self, encoder) -> list[str]:
-        blocks = self.opts["blocks"]
-        return [f"block.{b}" for b in blocks] if blocks else ["tokens"]
+    @property
+    def train_flip(self) -> bool:  # type: ignore[override]
+        return self.opts["flip"]
 
     def check(self, encoder, dataset) -> None:
-        for r in self._reps(encoder):
-            if not encoder.supports(r):
-                raise ValueError(f"encoder '{encoder.name}' has no '{r}' representation (has: "
-                                 f"{', '.join(encoder.representations)}"
-                                 f"{f', {encoder.num_blocks} blocks' if encoder.num_blocks else ''}); "
-                                 "set the task option 'blocks' ([] for final-norm tokens)")
-        if not encoder.patch_size:
-            raise ValueError(f"encoder '{encoder.name}' does not declare its patch size (dense maps need it)")
-        for key in ("train_split", "test_split"):
-            if self.opts[key] not in dataset.splits:
-                raise ValueError(f"dataset '{dataset.name}' has no split '{self.opts[key]}' "
-                                 f"(it has: {', '.join(dataset.splits)}); set the task option {key}")
+        super().check(encoder, dataset)
         if self.opts["protocol"] == "paper" and not self.opts["blocks"]:
             raise ValueError("protocol 'paper' needs blocks (the mmseg backbone returns block maps)")
 
@@ -246,237 +325,73 @@ class LinearSeg(Task):
             raise HarnessError(f"{self.name}: scale, crop and stride are neither options nor dataset defaults")
         return scale, crop, stride
 
-    def _views(self, ctx, split: str, flip: bool):
-        s = ctx.samples(split)
-        if not isinstance(s, SegSamples):
-            raise HarnessError(f"{self.name}: dataset '{ctx.dataset.name}' split '{split}' is not a segmentation "
-                               f"dataset (its load() returned {type(s).__name__}, not SegSamples)")
-        scale, crop, stride = self.geometry(s)
-        geo = _Geometry(s, scale, crop, stride)
-        return s, geo, window_view(s, geo, flip, split)
+    def requests(self, encoder, dataset):
+        return [] if self.opts["protocol"] == "paper" else super().requests(encoder, dataset)
 
-    def requests(self, encoder, dataset) -> list[FeatureRequest]:
-        if self.opts["protocol"] != "fast" or self.opts["mode"] == "stream":
-            return []
-        reps = tuple(self._reps(encoder))
-        windows: dict[str, int] = {}
-
-        def view(split, flip, last):
-            def make(samples):
-                scale, crop, stride = self.geometry(samples)
-                v = window_view(samples, _Geometry(samples, scale, crop, stride), flip, split)
-                windows[split] = len(v)
-                if last and self.opts["mode"] == "auto" and encoder.patch_size:
-                    # refuse before anything is extracted (views are resolved before the pass starts)
-                    p = int(encoder.patch_size)
-                    per_window = (int(encoder.prefix_tokens) + (crop[0] // p) * (crop[1] // p)) * 2
-                    self._choose_mode(None, encoder, reps, per_window, sum(windows.values()))
-                return v
-            return make
-
-        splits = ((self.opts["train_split"], self.opts["flip"]), (self.opts["test_split"], False))
-        return [FeatureRequest(split, reps, self._pad, view(split, flip, k == len(splits) - 1))
-                for k, (split, flip) in enumerate(splits)]
-
-    def _pad(self, view: DerivedSamples) -> str:
-        """Windows are encoded at the crop size; windows of images smaller than the crop are padded."""
-        _, crop, _ = self.geometry(view.base)
-        return f"pad:{crop[0]}:{crop[1]}"
-
-    # -- run ----------------------------------------------------------------------------------------
     def run(self, ctx) -> dict:
-        if self.opts["protocol"] == "paper":
-            return self._run_paper(ctx)
-        return self._run_fast(ctx)
+        return self._run_paper(ctx) if self.opts["protocol"] == "paper" else super().run(ctx)
 
-    def lr_list(self) -> list[float]:
-        return learning_rates(self.opts["lr"], self.opts["lrs"])
+    # -- the fast protocol: hooks of DenseHeadTask ------------------------------------------------------
+    def make_view(self, samples, split, flip):
+        return window_view(samples, _Geometry(samples, *self.geometry(samples)), flip, split)
 
-    # -- fast ---------------------------------------------------------------------------------------
-    def _run_fast(self, ctx) -> dict:
-        o, enc = self.opts, ctx.encoder
-        t0 = time.perf_counter()
-        reps = self._reps(enc)
-        train_s, train_geo, train_view = self._views(ctx, o["train_split"], o["flip"])
-        test_s, test_geo, test_view = self._views(ctx, o["test_split"], False)
-        if list(test_s.classes) != list(train_s.classes):
-            raise HarnessError(f"{self.name}: splits '{o['train_split']}' and '{o['test_split']}' have different classes")
-        C = len(train_s.classes)
-        crop = train_geo.crop
-        p = int(enc.patch_size)
-        if crop[0] % p or crop[1] % p:
-            raise HarnessError(f"{self.name}: crop {crop[0]}x{crop[1]} is not a multiple of encoder "
-                               f"'{enc.name}''s patch size {p}")
-        grid = (crop[0] // p, crop[1] // p)
-        transform = f"pad:{crop[0]}:{crop[1]}"
-        per_window = (int(enc.prefix_tokens) + grid[0] * grid[1]) * 2  # bytes per channel, fp16
-        mode, need_gb = self._choose_mode(ctx, enc, reps, per_window, len(train_view) + len(test_view))
-        ctx.log(f"    {self.name}: {len(train_view)} training and {len(test_view)} validation windows of "
-                f"{crop[0]}x{crop[1]}; window cache {need_gb:.2f} GB; mode {mode}")
+    def input_size(self, samples):
+        return self.geometry(samples)[1]  # windows are encoded at the crop size, padded where smaller
 
-        # labels of every training window, at the crop size (255 outside the image)
-        labels = self._window_labels(train_s, train_geo, train_view)
-        lrs = self.lr_list()
-        device = torch.device(ctx.device)
-        test_feats = ctx.features(test_view, reps, transform)
-        train_feats = ctx.features(train_view, reps, transform) if mode == "cache" else None
-        prefix = int(enc.prefix_tokens)
-        channels = None
-        if train_feats is not None:
-            maps = DenseMaps(train_feats, reps, grid, prefix, device)
-            channels = maps.channels
-        else:
-            channels = sum(int(test_feats[r].shape[2]) for r in reps)
-        bank = HeadBank(lambda: LinearSegHead(channels, C), lrs, o["weight_decay"], seed=ctx.seed, device=device,
-                        bias_decay=o["bias_decay"])
-        windows_of = self._windows_by_image(train_view, o["flip"])
-        rng = np.random.default_rng([ctx.seed, 0x5E6])
+    def decoder(self, unit):
+        return LabelMaps(self, unit)
+
+    def training(self, unit) -> Training:
+        o = self.opts
         iters, bs = o["iterations"], o["batch_size"]
-        losses = []
-        curve_every = max(1, iters // 100)
-        t_train = time.perf_counter()
-        bar = ctx.progress(range(iters), desc=f"{self.name} {enc.name} ({len(lrs)} lr)", total=iters)
-        stream = self._stream_batches(ctx, train_view, reps, transform, grid, windows_of, rng, bs) \
-            if mode == "stream" else None
-        for it in bar:
-            if stream is None:
-                idx = self._draw(windows_of, rng, bs)
-                x = maps.batch(idx)
-            else:
-                idx, x = next(stream)
-            y = labels[torch.from_numpy(idx)].to(device)
-            bank.set_lr(lambda base: warmup_poly_lr(base, it, iters, o["warmup"], o["warmup_ratio"]))
-            step = bank.step(x, lambda head, inp: seg_loss(head(inp), y))
-            if it % curve_every == 0 or it == iters - 1:
-                losses.append([it + 1, *step])
-        t_train = time.perf_counter() - t_train
+        return Training(iters, bs, self._orders(unit, bs), adamw(o["weight_decay"], bias_decay=o["bias_decay"]),
+                        lambda base, it: warmup_poly_lr(base, it, iters, o["warmup"], o["warmup_ratio"]))
 
-        results = self._evaluate(ctx, bank, test_s, test_geo, test_view, test_feats, reps, grid, prefix, C)
+    @staticmethod
+    def _orders(unit, bs: int):
+        """cache: batches of one random window (a flip variant included) of each of ``bs`` random training
+        images; stream: epochs of one random window of every training image, in a random order."""
+        windows_of = windows_by_image(unit.views["train"])
+        rng = np.random.default_rng([unit.ctx.seed, 0x5E6])
+        while True:
+            if unit.mode == "stream":
+                yield np.asarray([rng.choice(windows_of[i]) for i in rng.permutation(len(windows_of))], np.int64)
+            else:
+                yield np.asarray([rng.choice(windows_of[i]) for i in rng.integers(0, len(windows_of), bs)], np.int64)
+
+    def curve_label(self, step, steps):
+        return step + 1 if step % max(1, steps // 100) == 0 or step == steps - 1 else None
+
+    def report(self, unit, decoder, bank, results, curve) -> dict:
+        o, lrs = self.opts, self.lr_list()
         main = results[0]
         metrics = {k: main[k] for k in ("mIoU", "mAcc", "aAcc")}
         for lr, r in zip(lrs[1:], results[1:]):
             metrics[f"mIoU@lr={lr:g}"] = r["mIoU"]
-        heads_path = ctx.out_dir / "heads.pt"
-        torch.save({"lrs": lrs, "heads": bank.state(), "classes": list(train_s.classes), "blocks": o["blocks"],
-                    "grid": grid, "channels": channels}, heads_path)
-        curve_path = ctx.out_dir / "loss.csv"
-        curve_path.write_text("iteration," + ",".join(f"loss@lr={lr:g}" for lr in lrs) + "\n" +
-                              "".join(",".join(f"{v:.6g}" for v in row) + "\n" for row in losses))
+        heads_path = self.save_heads(unit, bank, classes=decoder.classes, blocks=o["blocks"], grid=unit.grid,
+                                     channels=unit.channels)
+        curve_path = self.write_curve(unit, curve)
+        geo = unit.views["train"].geo
         details = {
-            "protocol": "fast", "mode": mode, "window_cache_gb": round(need_gb, 3),
+            "protocol": "fast", "mode": unit.mode,
+            "window_cache_gb": None if unit.cache_gb is None else round(unit.cache_gb, 3),
             "per_lr": {f"{lr:g}": {k: r[k] for k in ("mIoU", "mAcc", "aAcc")} for lr, r in zip(lrs, results)},
-            "per_class": main["per_class"], "classes": list(train_s.classes),
-            "iterations": iters, "batch_size": bs, "samples": iters * bs, "lr": lrs[0], "lrs": lrs,
+            "per_class": main["per_class"], "classes": decoder.classes,
+            "iterations": unit.steps, "batch_size": unit.batch_size, "samples": unit.steps * unit.batch_size,
+            "lr": lrs[0], "lrs": lrs,
             "optimizer": {"type": "AdamW", "betas": [0.9, 0.999], "weight_decay": o["weight_decay"],
                           "bias_decay": o["bias_decay"]},
             "schedule": {"warmup": o["warmup"], "warmup_ratio": o["warmup_ratio"], "poly_power": 1.0,
                          "form": "poly(it) x linear warmup factor, from iteration 0 (mmcv 1.x)"},
-            "geometry": {"scale": list(train_geo.scale), "crop": list(crop), "stride": list(train_geo.stride),
-                         "train_windows": len(train_view), "test_windows": len(test_view), "flip": o["flip"],
-                         "grid": list(grid)},
-            "features": {"representations": reps, "channels": channels, "dtype": "float16"},
+            "geometry": {"scale": list(geo.scale), "crop": list(geo.crop), "stride": list(geo.stride),
+                         "train_windows": len(unit.views["train"]), "test_windows": len(unit.views["test"]),
+                         "flip": o["flip"], "grid": list(unit.grid)},
+            "features": {"representations": unit.reps, "channels": unit.channels, "dtype": "float16"},
             "head": "1x1 conv (mmseg FCNHead num_convs=0 conv_seg), N(0, 0.01), bias 0; no auxiliary head",
-            "n": {"train_images": len(train_s), "test_images": len(test_s)},
-            "seconds": {"total": round(time.perf_counter() - t0, 3), "train": round(t_train, 3)},
+            "n": {"train_images": len(unit.samples["train"]), "test_images": len(unit.samples["test"])},
+            "seconds": {"total": round(time.perf_counter() - unit.t0, 3), "train": round(unit.train_seconds, 3)},
         }
-        return {"metrics": metrics, "details": details, "artifacts": [str(heads_path), str(curve_path)]}
-
-    def _choose_mode(self, ctx, enc, reps, per_window_channel_bytes, n_windows) -> tuple[str, float]:
-        dims = []
-        for r in reps:
-            dims.append(enc.embed_dim or 0)
-        width = sum(dims) if all(dims) else 0
-        need_gb = n_windows * per_window_channel_bytes * width / 1e9 if width else float("nan")
-        mode = self.opts["mode"]
-        if mode == "auto":
-            if width and need_gb > self.opts["max_cache_gb"]:
-                raise HarnessError(
-                    f"{self.name}: the window cache of encoder '{enc.name}' would take {need_gb:.1f} GB "
-                    f"(> max_cache_gb {self.opts['max_cache_gb']:g}); set mode: stream (re-encodes every epoch) "
-                    "or raise max_cache_gb")
-            mode = "cache"
-        return mode, need_gb
-
-    @staticmethod
-    def _windows_by_image(view: DerivedSamples, flip: bool) -> list[np.ndarray]:
-        by_image: dict[int, list[int]] = {}
-        for k, s in enumerate(view.source.tolist()):
-            by_image.setdefault(s, []).append(k)
-        return [np.asarray(v, dtype=np.int64) for _, v in sorted(by_image.items())]
-
-    @staticmethod
-    def _draw(windows_of: list[np.ndarray], rng: np.random.Generator, bs: int) -> np.ndarray:
-        """One random window (incl. its flip variant) of each of ``bs`` random training images."""
-        imgs = rng.integers(0, len(windows_of), bs)
-        return np.asarray([rng.choice(windows_of[i]) for i in imgs], dtype=np.int64)
-
-    def _stream_batches(self, ctx, view, reps, transform, grid, windows_of, rng, bs):
-        """Streaming mode: epochs of one random window per training image, re-encoded, in batches."""
-        prefix = int(ctx.encoder.prefix_tokens)
-        while True:
-            order = np.asarray([rng.choice(windows_of[i]) for i in rng.permutation(len(windows_of))], np.int64)
-            buf_idx, buf_x = [], []
-            for idx, out in ctx.stream(view, reps, transform, order):
-                buf_idx.append(idx)
-                buf_x.append(tokens_to_maps(out, reps, grid, prefix))
-                while sum(len(i) for i in buf_idx) >= bs:
-                    idx_all, x_all = np.concatenate(buf_idx), torch.cat(buf_x)
-                    yield idx_all[:bs], x_all[:bs]
-                    buf_idx, buf_x = [idx_all[bs:]], [x_all[bs:]]
-
-    @staticmethod
-    def _window_labels(samples: SegSamples, geo: _Geometry, view: DerivedSamples) -> torch.Tensor:
-        """uint8 [N, crop_h, crop_w] labels of the view's windows (255 outside the image), flipped with
-        the image."""
-        ch, cw = geo.crop
-        out = torch.full((len(view), ch, cw), 255, dtype=torch.uint8)
-        resized = {}
-        for k in range(len(view)):
-            i = int(view.source[k])
-            if i not in resized:
-                resized = {i: resize_label(samples.mask(i), geo.scale)}
-            lab = resized[i]
-            y1, x1, y2, x2 = (int(v) for v in view.geometry[k])
-            part = lab[y1:min(y2, lab.shape[0]), x1:min(x2, lab.shape[1])]
-            win = np.full((ch, cw), 255, dtype=np.uint8)
-            win[:part.shape[0], :part.shape[1]] = part
-            if view.flip[k]:
-                win = win[:, ::-1]
-            out[k] = torch.from_numpy(np.ascontiguousarray(win))
-        return out
-
-    # -- evaluation (mmseg slide inference + IoUMetric) ----------------------------------------------
-    def _evaluate(self, ctx, bank, samples, geo, view, feats, reps, grid, prefix, C) -> list[dict]:
-        from mmseg.evaluation import IoUMetric
-
-        device = torch.device(ctx.device)
-        maps = DenseMaps(feats, reps, grid, prefix, device)
-        heads = [h.eval() for h in bank.heads]
-        areas = [[torch.zeros(C, dtype=torch.float64) for _ in range(4)] for _ in heads]
-        windows_of = self._windows_by_image(view, False)
-        ch, cw = geo.crop
-        with torch.no_grad():
-            for i in ctx.progress(range(len(samples)), desc=f"{self.name} eval", total=len(samples)):
-                rh, rw = geo.resized[i]
-                H, W = max(rh, ch), max(rw, cw)
-                label = torch.from_numpy(samples.mask(i).astype(np.int64))
-                ks = windows_of[i]
-                x = maps.batch(ks)
-                for j, head in enumerate(heads):
-                    logits = F.interpolate(head(x), size=(ch, cw), mode="bilinear", align_corners=False)
-                    preds = torch.zeros((C, H, W), device=device)
-                    count = torch.zeros((1, H, W), device=device)
-                    for k, l in zip(ks, logits):
-                        y1, x1, y2, x2 = (int(v) for v in view.geometry[k])
-                        preds[:, y1:y2, x1:x2] += l
-                        count[:, y1:y2, x1:x2] += 1
-                    seg = (preds / count)[:, :rh, :rw]  # padding removed (mmseg postprocess)
-                    seg = F.interpolate(seg[None], size=label.shape, mode="bilinear", align_corners=False)[0]
-                    pred = seg.argmax(dim=0).cpu()
-                    res = IoUMetric.intersect_and_union(pred, label, C, 255)
-                    for a, r in zip(areas[j], res):
-                        a += r.double()
-        return [scores_from_areas(a, list(samples.classes)) for a in areas]
+        return {"metrics": metrics, "details": details, "artifacts": [heads_path, curve_path]}
 
     # -- paper ----------------------------------------------------------------------------------------
     def _run_paper(self, ctx) -> dict:

@@ -8,7 +8,7 @@ scores"), ``mAP`` the mean over classes of the per-class mean AP. Both are repor
 
 ``representation: best`` computes CLS and mean-patch and reports the one with the higher AP, as the
 paper did by hand; both values and the winner are kept in the result. The exact AP (tie-aware,
-equal to sklearn's) is computed by ``harness.metrics.retrieval_ap`` in blocks of queries; see
+equal to sklearn's) is computed by ``retrieval_metrics.retrieval_ap`` in blocks of queries; see
 docs/retrieval.md.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 from harness import HarnessError, Option, Task, hookimpl
 from harness.api import FeatureRequest
-from harness.metrics import auto_block_size, class_mean_ap, mean_ap, per_class_ap, retrieval_ap_part
+
+from .retrieval_metrics import auto_block_size, class_mean_ap, mean_ap, per_class_ap, retrieval_ap_part
 
 VECTOR_REPS = ("cls", "mean_patch", "projected")
 BEST_OF = ("cls", "mean_patch")

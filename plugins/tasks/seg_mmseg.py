@@ -16,6 +16,9 @@ segmentation code (its mmseg 0.11 fork, ``configs_local/<model>/upernet/..._lp_f
   RandomFlip 0.5, PhotoMetricDistortion, pad to the crop (0 / 255); test: Resize(scale, keep ratio), slide
   inference with the dataset's crop and stride, ``IoUMetric`` (aAcc, mIoU, mAcc; per-class in details).
 
+Every mmseg/mmengine object (the runner here; models, optimiser wrappers, schedulers, pipelines and metrics
+in the tests) is built from its config through ``instantiate``, by mmseg's registries, as the Runner does.
+
 It runs in a subprocess (``python -m partbench_plugins.tasks.seg_mmseg CONFIG.py``): mmseg needs the
 ``mmcv.ops`` stand-in and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for mmengine's own checkpoints, neither of
 which belongs in the harness process. Under torchrun every harness rank starts one worker and the workers
@@ -244,14 +247,33 @@ def build_encoder(spec: dict):
     return enc
 
 
+def instantiate(config: dict, kind: str, **args):
+    """The mmseg/mmengine object that ``config``, a registry-type dict ``{"type": name, **arguments}``,
+    describes, built by mmseg's registry of ``kind`` as mmengine's Runner builds it: "model", "dataset",
+    "transform", "metric", "param_scheduler" (``args`` are added to the dict: objects a config cannot
+    hold, e.g. a scheduler's ``optimizer``), "optim_wrapper" (built for ``args["model"]`` through its
+    constructor) or "runner" (``config`` is a whole config, as ``build_config`` returns). Registers
+    partbench's modules in mmseg first."""
+    register()
+    from mmengine.config import Config, ConfigDict
+    from mmengine.optim import build_optim_wrapper
+    from mmseg import registry
+
+    if kind == "runner":
+        return registry.RUNNERS.build(config if isinstance(config, Config) else Config(config))
+    if kind == "optim_wrapper":
+        return build_optim_wrapper(args["model"], ConfigDict(config))
+    registries = {"model": registry.MODELS, "dataset": registry.DATASETS, "transform": registry.TRANSFORMS,
+                  "metric": registry.METRICS, "param_scheduler": registry.PARAM_SCHEDULERS}
+    if kind not in registries:
+        raise ValueError(f"instantiate: unknown kind '{kind}' (known: runner, optim_wrapper, {', '.join(registries)})")
+    return registries[kind].build(ConfigDict(dict(config, **args)))
+
+
 def run(cfg: dict) -> dict:
     """Train with mmengine's Runner in this process, then validate once: {"metrics": {aAcc, mIoU, mAcc},
     "per_class": {name: {IoU, Acc}}, "checkpoint": path of the head weights, "iterations"}."""
-    register()
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    runner = Runner.from_cfg(cfg if isinstance(cfg, Config) else Config(cfg))
+    runner = instantiate(cfg, "runner")
     runner.train()  # validates at the end of training
     work = Path(cfg["work_dir"])
     found = Path(cfg["val_evaluator"]["output_dir"]) / "metrics.json"

@@ -11,6 +11,10 @@ import math
 from collections import OrderedDict
 from pathlib import Path
 
+from harness import hookimpl
+from harness.api import Report, write_json_atomic
+from harness.results import headline_value
+
 BASELINE_PRETRAINING = "supervised"
 
 
@@ -20,8 +24,8 @@ def _ok(results: list[dict]) -> list[dict]:
 
 
 def _metric(r: dict) -> str | None:
-    names = r.get("headline") or list(r["metrics"])
-    return next((m for m in names if isinstance(r["metrics"].get(m), (int, float))), None)
+    found = headline_value(r)
+    return found[0] if found else None
 
 
 def level_pairs(results: list[dict]) -> list[dict]:
@@ -121,3 +125,27 @@ def level_figure(pairs: list[dict], path: Path) -> Path | None:
     fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps the legend beside the axes in the image
     plt.close(fig)
     return path
+
+
+class ObjectVsPart(Report):
+    """Object vs part relative to the supervised encoder (the paper's Fig. 7), for every object/part pair of
+    datasets in a run: a table, levels.json and levels.png."""
+
+    def render(self, results: list[dict], fmt: str = "github") -> str:
+        pairs = level_pairs(results)
+        return level_markdown(pairs, fmt) if pairs else ""
+
+    def write(self, results: list[dict], out_dir: Path, figures: bool = True) -> dict[str, Path]:
+        pairs = level_pairs(results)
+        if not pairs:
+            return {}
+        written = {"levels": out_dir / "levels.json"}
+        write_json_atomic(written["levels"], pairs, "writing the report")
+        if figures and level_figure(pairs, out_dir / "levels.png"):
+            written["levels_figure"] = out_dir / "levels.png"
+        return written
+
+
+@hookimpl
+def register_reports(register):
+    register("levels", ObjectVsPart)
