@@ -198,6 +198,7 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", [["verify", "--delete"], ["prune", "--all"]], ids=["verify-delete", "prune-all"])
 def test_a_cache_tool_beside_a_live_run_keeps_what_it_writes(tmp_path, capsys, tool):
     """`harness cache verify --delete` (or `prune --all`) while another run extracts: the run's temporary is

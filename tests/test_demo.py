@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oracles import check_retrieval_unit
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "specs" / "demo.yaml"
 
@@ -17,29 +19,11 @@ def _harness(*args):
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=ROOT)
 
 
-def _check_retrieval_against_sklearn(results, out_dir):
-    """Each retrieval unit's AP and mAP equal sklearn's per-query reference on the features of the same
-    encoder and items, computed here (through the feature cache the run filled)."""
-    from harness.plugins import Plugins
-    from harness.spec import build_plan
-    from harness.testing import FakeContext
-    from test_task_retrieval import _sklearn_metrics
-
-    plan = build_plan(DEMO, Plugins())
-    for r in results:
-        d = r["details"]
-        rep, ds = d["representation"]["reported"], plan.datasets[r["dataset"]]
-        items = ds.load(d["split"])
-        ctx = FakeContext(plan.encoders[r["encoder"]], ds, samples={d["split"]: items},
-                          cache_dir=os.environ["HARNESS_CACHE_DIR"], out_dir=out_dir)
-        x = np.asarray(ctx.features(d["split"], [rep], d["transform"])[rep])
-        expected = _sklearn_metrics(x, np.asarray(items.labels), d["exclude_self"])
-        assert (r["metrics"]["AP"], r["metrics"]["mAP"]) == pytest.approx(expected, abs=1e-5), r["unit"]
-
-
 @pytest.mark.slow
 def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
+    from harness.plugins import Plugins
     from harness.runner import run_spec
+    from harness.spec import build_plan
 
     first = run_spec(DEMO, tmp_path / "out")
     assert all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
@@ -49,7 +33,10 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     assert first.forwards > 0
     retrieval = {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in first if r["task"] == "part_retrieval"}
     assert len(retrieval) == 4
-    _check_retrieval_against_sklearn([r for r in first if r["task"] == "part_retrieval"], tmp_path)
+    plan = build_plan(DEMO, Plugins())
+    for r in first:
+        if r["task"] == "part_retrieval":  # features through the cache the run filled
+            check_retrieval_unit(r, plan, tmp_path, cache_dir=os.environ["HARNESS_CACHE_DIR"])
     assert (tmp_path / "out/artifacts/part_gallery__synthetic_cub/gallery.png").is_file()
     seg = {(r["dataset"], r["encoder"]): r for r in first if r["task"] == "seg"}
     assert len(seg) == 4

@@ -110,7 +110,6 @@ def installed_timm_importer(tmp_path):
         _pip("uninstall", "-y", "partbench-timm-importer")
 
 
-@pytest.mark.slow
 def test_an_external_plugin_that_imports_timm_loads(installed_timm_importer):
     """torchvision's compiled ops do not match this torch: the compat fix must reach third-party plugins."""
     ls = _harness("ls", "encoders", env={"HARNESS_STRICT_PLUGINS": "1"})

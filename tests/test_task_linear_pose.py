@@ -101,7 +101,6 @@ def test_cocoeval_on_ground_truth_and_on_a_hand_computed_shift(tmp_path):
     assert shifted["AP50"] == 100.0 and shifted["AP75"] == 0.0
 
 
-@pytest.mark.slow
 def test_a_head_on_informative_features_beats_a_shuffled_control():
     """Features that carry the keypoint positions (blurred blobs at 1/16) train a head whose decoded
     keypoints are near the truth; the same head trained on other persons' targets is not."""

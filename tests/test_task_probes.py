@@ -19,6 +19,7 @@ from partbench_plugins.tasks.attentive_probe import AttentiveHead, AttentiveProb
 from partbench_plugins.tasks.linear_probe import LinearProbe
 
 from conftest import TOY_PLUGINS
+from oracles import check_probe_counts
 
 
 @pytest.fixture(autouse=True)
@@ -468,10 +469,7 @@ def test_end_to_end_through_the_runner_on_cub_and_coco_format_parts(tmp_path):
     for unit in ("lin__cub__vit", "att__cub__vit", "lin__coco__vit", "att__coco__vit"):
         r = res[unit]
         assert r["headline"] == ["top1_best_epoch", "top1_final", "top1_heldout"]
-        # each a share of the test items, exactly: whole counts of details.n.test (the metric's own values
-        # are pinned by the separable-feature tests above)
-        counts = [r["metrics"][m] * r["details"]["n"]["test"] / 100 for m in r["headline"]]
-        assert counts == pytest.approx([round(c) for c in counts], abs=1e-9), counts
+        check_probe_counts(r)
         assert (tmp_path / "out" / r["artifacts"][0]).is_file()
     assert res["lin__cub__vit"]["details"]["num_classes"] == 4 and res["lin__coco__vit"]["details"]["num_classes"] == 3
     assert res["att__cub__vit"]["metrics"] == res["att_re__cub__vit"]["metrics"]
