@@ -214,6 +214,7 @@ def table_row(printed: str, task: str, dataset: str, encoder: str) -> list[str]:
     raise AssertionError(f"no printed table for {task}:\n{printed}")
 
 
+@pytest.mark.slow
 def test_table4_runs(paper_env, tmp_path, capsys):
     overrides = short_probe("part_linear") + short_probe("part_attentive", heads=True)
     results, printed = run_cli("table4_parts.yaml", tmp_path / "t4", overrides, capsys)
@@ -298,6 +299,7 @@ def test_table2_runs(paper_env, tmp_path, capsys):
     assert "AP (paper)" in printed and "71.30" in printed and "55.90" in printed
 
 
+@pytest.mark.slow
 def test_fig6_runs(paper_env, tmp_path, capsys):
     one_per_class = ["datasets.imagenet_patches.options.per_class=1"]  # 3 images x 49 patches
     results, printed = run_cli("fig6_gallery.yaml", tmp_path / "f6", one_per_class, capsys)
@@ -318,6 +320,7 @@ def test_fig6_runs(paper_env, tmp_path, capsys):
     assert not any("00030000" in k for k in s.keys)
 
 
+@pytest.mark.slow
 def test_table7_and_fig7_run_with_the_fast_protocol(paper_env, tmp_path, capsys):
     small = ["tasks.seg.options.protocol=fast", "tasks.seg.options.iterations=6", "tasks.seg.options.warmup=2",
              "tasks.seg.options.batch_size=4", "tasks.seg.options.scale=[96,64]", "tasks.seg.options.crop=[64,64]",
