@@ -114,6 +114,7 @@ tasks:
 """
 
 
+@pytest.mark.slow
 def test_spec_runs_both_protocols_on_ade_pascal_and_lip_layouts(tmp_path):
     from harness.runner import run_spec
 
@@ -152,6 +153,7 @@ def test_a_too_big_window_cache_is_refused_before_anything_is_encoded(tmp_path):
     assert not list((tmp_path / "cache").rglob("*.npy"))
 
 
+@pytest.mark.slow
 def test_both_protocols_run_on_the_synthetic_object_part_pair(tmp_path):
     from harness.runner import run_spec
 

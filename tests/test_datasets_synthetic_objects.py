@@ -176,6 +176,7 @@ def _colour_accuracy(samples, colour_identity=True):
     return float(cross_val_score(LogisticRegression(max_iter=2000, C=10.0), x, samples.labels, cv=5).mean())
 
 
+@pytest.mark.slow
 def test_colour_alone_identifies_neither_parts_nor_objects(gen, tmp_path):
     """A colour-histogram classifier (4x4x4 RGB bins, logistic regression, 5-fold CV) is near chance on
     the objects (chance 1/8). On the object parts (chance 1/4) it is above chance, but not through which

@@ -217,6 +217,7 @@ def _run(args, env, cwd):
     return r
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_give_the_same_cache_and_metrics(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
