@@ -7,11 +7,43 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from oracles import check_retrieval_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "specs" / "demo.yaml"
+PINNED = ROOT / "tests" / "data" / "demo_metrics.json"
+
+
+def _strict_json(path: Path):
+    """Parse as a strict parser does: NaN / Infinity are not JSON."""
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path}: {c} is not JSON"))
+
+
+def _machine() -> dict:
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
+def check_pinned_metrics(results) -> None:
+    """Every metric of every demo unit equals the pinned one: bit for bit on the kind of machine that recorded
+    them (torch version, CPU capability, threads), and to the two decimals every table prints elsewhere (float
+    kernels differ between CPU types; a real change moves a metric by more). Re-record, after a change that
+    is meant to alter the demo's numbers, with ``PARTBENCH_RECORD_DEMO=1 python -m pytest -n 2
+    tests/test_demo.py -k resumes``."""
+    got = {r["unit"]: r["metrics"] for r in results}
+    if os.environ.get("PARTBENCH_RECORD_DEMO") == "1":
+        PINNED.write_text(json.dumps({"machine": _machine(), "metrics": got}, indent=1, sort_keys=True) + "\n")
+    pinned = json.loads(PINNED.read_text())
+    assert sorted(got) == sorted(pinned["metrics"])
+    if pinned["machine"] == _machine():
+        assert got == pinned["metrics"]
+    else:
+        def two(metrics):
+            return {k: None if v is None else round(v, 2) for k, v in metrics.items()}
+
+        assert {u: two(m) for u, m in got.items()} == {u: two(m) for u, m in pinned["metrics"].items()}
 
 
 def _harness(*args):
@@ -27,6 +59,18 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
 
     first = run_spec(DEMO, tmp_path / "out")
     assert all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
+    check_pinned_metrics(first)
+    # every JSON file the demo writes is strict JSON, and every result file validates against the declared schema
+    import jsonschema
+
+    from harness.api import RESULT_SCHEMA
+
+    written = sorted((tmp_path / "out").rglob("*.json"))
+    assert len(written) >= len(first) + 3  # results, summary, levels, representations
+    for path in written:
+        data = _strict_json(path)
+        if path.parent.name == "results":
+            jsonschema.validate(data, RESULT_SCHEMA)
     assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery", "seg",
                                            "pose", "tiny_retrieval", "tiny_retrieval_projected", "tiny_linear",
                                            "tiny_attentive", "tiny_seg"}
