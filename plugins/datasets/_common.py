@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from harness import HarnessError
+from harness.api import HarnessError
 
 
 def expand(path) -> Path:

@@ -18,7 +18,7 @@ class tuples are placeholders), so they are numbered unless ``classes_file`` giv
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .seg_folders import RELEASE_LAYOUT, SegFolderDataset
 

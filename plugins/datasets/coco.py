@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import Dataset, HarnessError, Option, hookimpl
+from harness.api import Dataset, HarnessError, Option, hookimpl
 
 from ._common import distinct_ids_check, expand, need_dir, need_file, positive, subsample_per_class
 from .part_crops import CROP_RULE_COUNTERS, box_outside, crop_samples, half_distances, kept_crops

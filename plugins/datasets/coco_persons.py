@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness import HarnessError, Option, hookimpl
+from harness.api import HarnessError, Option, hookimpl
 from harness.api import KeypointSamples
 
 from ._common import SourceCache, expand, need_file, open_rgb

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness import Dataset, HarnessError, Option, Samples, hookimpl
+from harness.api import Dataset, HarnessError, Option, Samples, hookimpl
 
 from ._common import (SourceCache, expand, image_size, need_dir, open_rgb, positive, read_rows,
                       subsample_per_class)

@@ -10,7 +10,7 @@ Official geometry (``lip.py``): train scale 1024x320 with ratio 0.5-2.0 and 320x
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .seg_folders import SegFolderDataset
 

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from harness import Samples
+from harness.api import Samples
 
 from ._common import SourceCache, open_rgb
 

@@ -12,7 +12,7 @@ Official geometry (``pascal_193part.py`` / ``pascal_16semantic.py``): train scal
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .seg_folders import SegFolderDataset
 

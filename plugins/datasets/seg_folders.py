@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from harness import Dataset, HarnessError, Option
+from harness.api import Dataset, HarnessError, Option
 from harness.api import SegSamples
 
 from ._common import expand, need_dir

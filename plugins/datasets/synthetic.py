@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from harness import Dataset, HarnessError, Option, hookimpl
+from harness.api import Dataset, HarnessError, Option, hookimpl
 
 from . import coco as coco_mod
 from . import cub as cub_mod
@@ -124,7 +124,6 @@ PART_FORMATS = ("cub", "coco")
 class SyntheticParts(Dataset):
     """Procedural part/object dataset written in CUB / COCO / mmseg formats and read back by the real loaders."""
 
-    splits = ("all", "train", "test")
     options = {
         "root": Option(str, None, "where to write the generated tree (default: "
                        "$XDG_CACHE_HOME/partbench/synthetic_parts/<parameters>)", path="dir",

@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from harness import Encoder, HarnessError, Option, hookimpl
-from harness.compat import import_timm
+from harness.api import Encoder, HarnessError, Option, hookimpl
+from harness.api import import_timm
 
 from .encoder_bases import TokenEncoder, seeded, with_defaults
 from .vit_architecture import Arch, Backbone, build_model

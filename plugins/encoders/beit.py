@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .encoder_bases import CheckpointEncoder, Split
 from .vit_architecture import rel_pos_index

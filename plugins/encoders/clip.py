@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from harness import HarnessError, Option, hookimpl
+from harness.api import HarnessError, Option, hookimpl
 
 from .checkpoint_reading import count_by_prefix, is_state_dict, is_torchscript
 from .encoder_bases import Split
@@ -48,7 +48,7 @@ RELEASED_HEADS = {768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}  # B, L, H (8
 
 def import_open_clip():
     """open_clip (imports timm/torchvision: the compat fix runs first), or a one-line install hint."""
-    from harness.compat import import_timm
+    from harness.api import import_timm
 
     import_timm()
     try:

@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import Option, hookimpl
-from harness.compat import import_timm
+from harness.api import Option, hookimpl
+from harness.api import import_timm
 
 from .checkpoint_reading import is_state_dict
 from .encoder_bases import Split

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from harness import Encoder, HarnessError, Option, file_sha256
+from harness.api import Encoder, HarnessError, Option, file_sha256
 
 from .checkpoint_reading import NeedsUnpickling, count_by_prefix, guess_layout, load_strict, read_checkpoint
 from .vit_architecture import Backbone, LayoutError, build_model, infer_arch

@@ -25,8 +25,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from harness import Option, hookimpl
-from harness.compat import import_timm
+from harness.api import Option, hookimpl
+from harness.api import import_timm
 
 from .checkpoint_reading import is_state_dict
 from .encoder_bases import Split

@@ -13,7 +13,7 @@ the official MAE does; see docs/encoders.md.
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .encoder_bases import CheckpointEncoder, Split
 

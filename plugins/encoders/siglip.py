@@ -34,8 +34,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from harness import HarnessError, Option, hookimpl
-from harness.compat import import_timm
+from harness.api import HarnessError, Option, hookimpl
+from harness.api import import_timm
 
 from .checkpoint_reading import count_by_prefix, is_state_dict
 from .encoder_bases import Split
@@ -137,7 +137,7 @@ class SigLIP(ReleasedWeightsEncoder):
         timm = import_timm()
         name = self.opts["model"]
         if not timm.is_model(name):
-            from harness.plugins import did_you_mean
+            from harness.api import did_you_mean
             raise HarnessError(f"encoder '{self.name}': unknown timm model '{name}'"
                                f"{did_you_mean(name, timm.list_models('*siglip*'))}")
         model = timm.create_model(

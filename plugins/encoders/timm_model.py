@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-from harness import HarnessError, Option, hookimpl
-from harness.compat import import_timm
+from harness.api import HarnessError, Option, hookimpl
+from harness.api import import_timm
 
 from .checkpoint_reading import NeedsUnpickling, check_state_dict, guess_layout, is_state_dict, read_checkpoint
 from .encoder_bases import FileWeights, TokenEncoder, seeded
@@ -62,7 +62,7 @@ class TimmModel(FileWeights, TokenEncoder):
             timm = import_timm()
             name = self.opts["model"]
             if not timm.is_model(name):
-                from harness.plugins import did_you_mean
+                from harness.api import did_you_mean
                 raise HarnessError(f"encoder '{self.name}': unknown timm model '{name}'"
                                    f"{did_you_mean(name, timm.list_models())}")
             kwargs = dict(self.opts.get("model_kwargs") or {})

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness import HarnessError, Option, hookimpl
+from harness.api import HarnessError, Option, hookimpl
 
 from .checkpoint_reading import check_state_dict, list_keys
 from .encoder_bases import FileWeights, TokenEncoder, seeded

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import HarnessError
-from harness.compat import import_timm
+from harness.api import HarnessError
+from harness.api import import_timm
 
 
 @dataclass

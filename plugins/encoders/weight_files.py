@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from harness import HarnessError
+from harness.api import HarnessError
 
 from .checkpoint_reading import is_torchscript, read_checkpoint
 from .encoder_bases import CheckpointEncoder
@@ -121,7 +121,7 @@ def vit_shapes(sd: dict, *, cls_slot: bool) -> VitShapes:
 def fixed_width_mlp(hidden: int):
     """An ``mlp_layer`` for timm blocks whose hidden width is the file's (``int(width * ratio)`` can round
     down, e.g. I-JEPA ViT-g's 48/11): timm's Mlp (fc1, GELU, fc2)."""
-    from harness.compat import import_timm
+    from harness.api import import_timm
     import_timm()
     from timm.layers import Mlp
 

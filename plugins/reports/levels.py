@@ -11,9 +11,9 @@ import math
 from collections import OrderedDict
 from pathlib import Path
 
-from harness import hookimpl
+from harness.api import hookimpl
 from harness.api import Report, write_json_atomic
-from harness.results import headline_value
+from harness.api import headline_value
 
 BASELINE_PRETRAINING = "supervised"
 

@@ -11,7 +11,7 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from harness import hookimpl
+from harness.api import hookimpl
 from harness.api import Report, write_json_atomic
 
 from .levels import _metric
