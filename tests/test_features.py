@@ -277,3 +277,33 @@ def test_stream_equals_the_cached_features(tmp_path):
         eng.close()
     for i, v in got.items():
         assert np.array_equal(v, cached["cls"][i])
+
+
+def test_a_data_error_is_printed_once_per_dataset(tmp_path, capsys):
+    """Every unit of a dataset with a corrupt image fails alike: the log and the report print the error once and
+    name every unit it failed."""
+    from fixtures_data import write_cub
+
+    from harness.cli import main
+
+    root = write_cub(tmp_path / "CUB_200_2011")
+    (root / "images" / "001.Albatross" / "a_0001.jpg").write_bytes(b"not a jpeg")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        encoders:
+          a: {{plugin: random_vit, options: {{embed_dim: 32, depth: 1, num_heads: 2, img_size: 64}}}}
+          b: {{plugin: random_vit, options: {{embed_dim: 32, depth: 1, num_heads: 2, img_size: 64, seed: 1}}}}
+        datasets:
+          cub: {{plugin: cub_parts, options: {{root: {root}, check_images: false}}}}
+        tasks:
+          r: {{plugin: retrieval, options: {{representation: cls, transform: "resize:64"}}}}
+          r2: {{plugin: retrieval, options: {{representation: mean_patch, transform: "resize:64"}}}}
+    """))
+    code = main(["run", str(spec), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    (line,) = [l for l in err.splitlines() if "a_0001.jpg" in l]
+    error = line.split("FAILED: ", 1)[1]
+    assert error.startswith("dataset 'cub' all: ") and err.count("FAILED: same error as r__cub__a") == 3, err
+    assert out.count(error) == 2 and out.count(f"FAILED cub / a, cub / b: {error}") == 2  # below each task's table
