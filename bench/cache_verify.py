@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.cache import FeatureCache, array_checksum
+from harness.api import FeatureCache, array_checksum
 
 
 def best_of(fn, repeat: int) -> float:

@@ -110,10 +110,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from harness.cache import FeatureCache
-    from harness.execution import Executor
-    from harness.features import FeatureEngine
-    from harness.loading import default_workers, load_batches
+    from harness.api import FeatureCache
+    from harness.api import Executor
+    from harness.api import FeatureEngine, default_workers, load_batches
     from partbench_plugins.datasets.cub import CubParts
     from partbench_plugins.encoders.baselines import Pixels, RandomViT
 

@@ -36,7 +36,7 @@ def curves(tmp: Path, name: str, res: dict) -> list[dict]:
 
 
 def run(spec_text: str, tmp: Path, name: str, cache: Path) -> tuple[dict, float]:
-    from harness.runner import run_spec
+    from harness.api import run_spec
 
     spec = tmp / f"{name}.yaml"
     spec.write_text(textwrap.dedent(spec_text))

@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     ap.add_argument("--flip", action="store_true", help="fast protocol: also cache flipped training windows")
     args = ap.parse_args(argv)
 
-    from harness.spec import validate_options
+    from harness.api import validate_options
     from harness.testing import FakeContext, StubDataset
     from partbench_plugins.datasets.synthetic import ensure
     from partbench_plugins.encoders.baselines import RandomViT

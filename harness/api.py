@@ -97,17 +97,29 @@ class _Plugin:
 class Encoder(_Plugin):
     """A frozen image encoder.
 
-    ``forward(x, reps)`` is a pure function of a batch: it gets a normalised float batch [B,3,H,W]
-    already on the encoder's device and the list of representation names wanted, and returns a dict
-    name -> tensor. The core's executor (``harness.execution.Executor``) does everything around it
-    once: lazy ``load``, device placement, ``torch.inference_mode`` and autocast for ``precision``.
-      cls         [B,D]   CLS token after the final norm
-      mean_patch  [B,D]   mean of patch tokens (CLS excluded) after the final norm
-      tokens      [B,1+N,D] all tokens after the final norm (CLS first)
-      projected   [B,P]   projection-head output (only where the method has one)
-      block.<i>   [B,1+N,D] raw output of block i (0-based), no final norm; N = (H/p)*(W/p)
-    "1+" is ``prefix_tokens``: the CLS token (models without one declare 0 and have no ``cls``);
-    register tokens are dropped by the encoder, patch tokens follow in row-major order.
+    Every forward goes through the core's one executor (``harness.execution.Executor``; ``encode`` for a
+    single batch): it loads the encoder lazily, places the batch on the encoder's device, normalises it,
+    checks the representation names against ``supports``, runs the encoder under ``torch.inference_mode``
+    and autocast for ``precision``, and returns float32 tensors. An encoder implements one of two methods:
+
+    ``forward_intermediates(x, indices, final=True) -> (tokens, {i: block_i})`` (timm's name and convention;
+    the built-in encoders): ``x`` is a normalised float batch [B,3,H,W] on the encoder's device, H and W
+    multiples of ``patch_size``; ``tokens`` [B, prefix_tokens + N, D] is the sequence after the final norm
+    (None when ``final`` is False: only blocks were asked for, and blocks after the last one needed may be
+    skipped), ``block_i`` [B, prefix_tokens + N, D] the raw output of block i (0-based, no final norm) for
+    each i in ``indices``. The executor derives every named representation from these, in one place:
+      cls         [B,D]   tokens[:, 0]: the CLS token after the final norm
+      mean_patch  [B,D]   tokens[:, prefix_tokens:].mean(1): the patch tokens after the final norm
+      tokens      [B,prefix_tokens+N,D] all tokens after the final norm
+      block.<i>   [B,prefix_tokens+N,D] block i's raw output
+      projected   [B,P]   ``project(tokens)``: the method's projection head (only where it has one)
+    ``forward(x, reps) -> dict`` name -> tensor, the same names and meanings: for encoders whose
+    representations are not views of one token sequence (the ``pixels`` baseline pools the image at another
+    resolution than its tokens) and for plugins written before ``forward_intermediates``. The executor uses
+    ``forward_intermediates`` when a class defines it, else ``forward``.
+
+    Token layout: ``prefix_tokens`` leading non-patch tokens (1: the CLS token; 0: none), then the N =
+    (H/p)*(W/p) patch tokens in row-major order; register tokens are dropped by the encoder.
     """
 
     options = {
@@ -145,7 +157,16 @@ class Encoder(_Plugin):
         Called by the core once per run, right before the first forward (and again to move it)."""
         raise NotImplementedError
 
+    def forward_intermediates(self, x, indices: Sequence[int], final: bool = True):
+        """(tokens after the final norm or None, {i: raw output of block i}); see the class docstring."""
+        raise NotImplementedError
+
+    def project(self, tokens):
+        """The projection head's output [B, P] from the final-norm ``tokens`` (``projected``)."""
+        raise HarnessError(f"encoder '{self.name}' has no projection head")
+
     def forward(self, x, reps: Sequence[str]) -> dict:
+        """name -> tensor for each name in ``reps``; only for encoders without ``forward_intermediates``."""
         raise NotImplementedError
 
 
@@ -460,9 +481,12 @@ from .io import DiskFullError, dumps, jsonable, write_json_atomic, write_text_at
 from .progress import progress  # noqa: E402
 from .results import RESULT_SCHEMA, headline_value, load_results, read_result  # noqa: E402
 
-# modules that themselves import this one: resolved on first use (PEP 562)
+# modules that themselves import this one: resolved on first use (PEP 562). The last group is for benchmarks
+# and tools that measure the machinery itself (bench/): the engine, its loader and the cache.
 _LAZY = {"Executor": "harness.execution", "encode": "harness.execution", "validate_options": "harness.spec",
-         "Plugins": "harness.plugins", "FeatureCache": "harness.cache", "default_cache_dir": "harness.cache"}
+         "Plugins": "harness.plugins", "build_plan": "harness.spec", "run_spec": "harness.runner",
+         "FeatureCache": "harness.cache", "default_cache_dir": "harness.cache", "array_checksum": "harness.cache",
+         "FeatureEngine": "harness.features", "default_workers": "harness.loading", "load_batches": "harness.loading"}
 
 
 def __getattr__(name: str):

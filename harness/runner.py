@@ -326,7 +326,8 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
 
 
 def _error_text(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, EncoderFailure) else f"{type(exc).__name__}: {exc}"
+    """One line for a failure: a HarnessError's own message (written for the user), else 'Type: message'."""
+    return str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
 
 
 def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwards: int, prefetch_error,

@@ -64,7 +64,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.api import IMAGENET_MEAN, IMAGENET_STD
-from partbench_plugins.datasets import synthetic as synthetic_mod
 from partbench_plugins.datasets import synthetic_objects
 from partbench_plugins.encoders.tiny_pretrained import ARCH, IMAGE_SIZE, METHODS, build_projection_head
 from partbench_plugins.encoders.vit_architecture import build_model
@@ -76,8 +75,7 @@ DEFAULT_STEPS = {"supervised": 2000, "contrastive": 1000, "mim": 2400}  # about 
 # ---------------------------------------------------------------- data
 def _render(args) -> tuple[np.ndarray, int]:
     seed, i = args
-    rgb, _, info = synthetic_objects.render(np.random.default_rng([seed, i]), RENDER_SIZE,
-                                            synthetic_mod._background)
+    rgb, _, info = synthetic_objects.render(np.random.default_rng([seed, i]), RENDER_SIZE)
     # object-centred, as ImageNet photos are: the square around the object's box that the demo's object
     # crops use (side max(w, h), same centre), resized to the model's input
     x, y, w, h = info["bbox"]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from partbench_plugins.encoders.clip import import_open_clip  # open_clip after the torchvision compat fix
 
-from _vit_reference import gelu, layer_norm
+from _vit_reference import gelu, gelu_tanh, layer_norm
 
 D, HEADS, DEPTH = 32, 2, 2  # DINOv2 / I-JEPA tiny width, heads, depth
 CLIP_WIDTH, CLIP_EMBED = 128, 24  # CLIP tiny tower: 2 heads of 64 (open_clip's OpenAI builder assumes 64)
@@ -101,14 +101,19 @@ def ijepa_file(r: Rand) -> dict:
 # ------------------------------------------------------------------------------------------------
 # independent references (plain tensor ops, from the published architecture facts)
 # ------------------------------------------------------------------------------------------------
-def _block(sd, pre, t, heads, eps=1e-6):
-    B, N, d = t.shape
+def _attention(q, k, v, heads):
+    """Multi-head scaled dot-product attention of q [B,M,d] over k, v [B,N,d] -> [B,M,d]."""
+    B, M, d = q.shape
     hd = d // heads
-    h = layer_norm(t, sd[pre + "norm1.weight"], sd[pre + "norm1.bias"], eps)
-    q, k, v = (h @ sd[pre + "attn.qkv.weight"].T + sd[pre + "attn.qkv.bias"]).reshape(B, N, 3, heads, hd) \
-        .permute(2, 0, 3, 1, 4)
+    q, k, v = (y.reshape(B, y.shape[1], heads, hd).transpose(1, 2) for y in (q, k, v))
     a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1) @ v
-    a = a.transpose(1, 2).reshape(B, N, d) @ sd[pre + "attn.proj.weight"].T + sd[pre + "attn.proj.bias"]
+    return a.transpose(1, 2).reshape(B, M, d)
+
+
+def _block(sd, pre, t, heads, eps=1e-6, act=gelu):
+    h = layer_norm(t, sd[pre + "norm1.weight"], sd[pre + "norm1.bias"], eps)
+    q, k, v = (h @ sd[pre + "attn.qkv.weight"].T + sd[pre + "attn.qkv.bias"]).chunk(3, dim=-1)
+    a = _attention(q, k, v, heads) @ sd[pre + "attn.proj.weight"].T + sd[pre + "attn.proj.bias"]
     t = t + (sd[pre + "ls1.gamma"] * a if pre + "ls1.gamma" in sd else a)
     h = layer_norm(t, sd[pre + "norm2.weight"], sd[pre + "norm2.bias"], eps)
     if pre + "mlp.w12.weight" in sd:  # SwiGLU: silu(first half) * second half
@@ -116,9 +121,12 @@ def _block(sd, pre, t, heads, eps=1e-6):
         a1, a2 = u.chunk(2, dim=-1)
         m = (a1 * torch.sigmoid(a1) * a2) @ sd[pre + "mlp.w3.weight"].T + sd[pre + "mlp.w3.bias"]
     else:
-        m = gelu(h @ sd[pre + "mlp.fc1.weight"].T + sd[pre + "mlp.fc1.bias"]) @ sd[pre + "mlp.fc2.weight"].T \
-            + sd[pre + "mlp.fc2.bias"]
+        m = _mlp(sd, pre + "mlp.", h, act)
     return t + (sd[pre + "ls2.gamma"] * m if pre + "ls2.gamma" in sd else m)
+
+
+def _mlp(sd, pre, h, act):
+    return act(h @ sd[pre + "fc1.weight"].T + sd[pre + "fc1.bias"]) @ sd[pre + "fc2.weight"].T + sd[pre + "fc2.bias"]
 
 
 def _patchify(sd, x):
@@ -178,6 +186,34 @@ def ijepa_reference(sd, x, *, heads=HEADS, blocks=()):
             out[i] = t
         i += 1
     return layer_norm(t, sd["norm.weight"], sd["norm.bias"], 1e-6), out
+
+
+def siglip_reference(sd, x, *, heads, act=gelu_tanh, blocks=()):
+    """SigLIP's image tower as published (big_vision's ViT with a MAP head; transformers' SiglipVisionModel,
+    ``hidden_act: gelu_pytorch_tanh``, ``layer_norm_eps: 1e-6``), on timm key names: patches plus their learned
+    position (no CLS; other grids resample the table bicubically with antialias, timm's dynamic-size rule),
+    pre-norm blocks whose MLPs use ``act`` (published: the tanh approximation of GELU), final norm. The MAP
+    head: a learned probe attends to the final-norm tokens (q from the probe, k/v from the tokens, output
+    projection), then y + MLP(LN(y)), the probe's row is the embedding. Returns (tokens, pooled, {i: block i})."""
+    t, gh, gw = _patchify(sd, x)
+    pos = sd["pos_embed"]
+    g = math.isqrt(pos.shape[1])
+    if (gh, gw) != (g, g):
+        pos = _resample(pos, g, gh, gw, size=(gh, gw), align_corners=False, antialias=True)
+    t = t + pos
+    out, i = {}, 0
+    while f"blocks.{i}.norm1.weight" in sd:
+        t = _block(sd, f"blocks.{i}.", t, heads, act=act)
+        if i in blocks:
+            out[i] = t
+        i += 1
+    t = layer_norm(t, sd["norm.weight"], sd["norm.bias"], 1e-6)
+    mp = "attn_pool."
+    q = sd[mp + "latent"].expand(x.shape[0], -1, -1) @ sd[mp + "q.weight"].T + sd[mp + "q.bias"]
+    k, v = (t @ sd[mp + "kv.weight"].T + sd[mp + "kv.bias"]).chunk(2, dim=-1)
+    y = _attention(q, k, v, heads) @ sd[mp + "proj.weight"].T + sd[mp + "proj.bias"]
+    y = y + _mlp(sd, mp + "mlp.", layer_norm(y, sd[mp + "norm.weight"], sd[mp + "norm.bias"], 1e-6), act)
+    return t, y[:, 0], out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ def gelu(x):
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
+def gelu_tanh(x):
+    """GELU's tanh approximation (Hendrycks & Gimpel): big_vision's ``nn.gelu`` default, transformers'
+    ``gelu_pytorch_tanh``."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
 def _cubic_matrix(n_in: int, n_out: int, scale: float) -> torch.Tensor:
     """[n_out, n_in] weights of 1-D bicubic resampling (Keys a=-0.75, align_corners=False, edges
     replicated): output i samples the input at (i + 0.5) / scale - 0.5, scale = output per input."""

@@ -29,3 +29,49 @@ def toy_plugins():
     from harness.plugins import Plugins
 
     return Plugins(plugins_dirs=[TOY_PLUGINS], allow=["toy"])
+
+
+# ---------------------------------------------------------------- skips fail the run unless expected
+# A skipped test is a test that did not run: CI (the README's test command) must not pass because of one.
+# A test that may legitimately skip somewhere says so: @pytest.mark.allow_skip("why skipping is fine there").
+_unexpected_skips: list[tuple[str, str]] = []
+
+
+def pytest_addoption(parser):
+    parser.addoption("--allow-skips", action="store_true",
+                     help="partbench: do not fail the run on skips not marked allow_skip (local use only)")
+
+
+def _note_skip(report):
+    # a whole module skipped at collection (pytest.skip(allow_module_level=True), importorskip) has no
+    # markers to consult: it is always unexpected; skip inside the tests that need it instead
+    if report.skipped and not hasattr(report, "wasxfail") and "allow_skip" not in getattr(report, "keywords", {}):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _unexpected_skips.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_runtest_logreport(report):
+    _note_skip(report)
+
+
+def pytest_collectreport(report):
+    _note_skip(report)
+
+
+def _fails_on_skips(config) -> bool:
+    # under pytest-xdist the controller sees every worker's reports and decides; the workers never do
+    return bool(_unexpected_skips) and not config.getoption("allow_skips") and not hasattr(config, "workerinput")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _fails_on_skips(session.config) and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _fails_on_skips(config):
+        terminalreporter.section("unexpected skips (the run fails)", red=True)
+        for nodeid, reason in _unexpected_skips:
+            terminalreporter.line(f"{nodeid}: {reason}")
+        terminalreporter.line("a test may skip only where it is marked @pytest.mark.allow_skip(\"reason\"); "
+                              "--allow-skips accepts them for a local run")

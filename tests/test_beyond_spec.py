@@ -15,6 +15,7 @@ from harness.plugins import Plugins
 from harness.spec import build_plan
 
 import _beyond_files as bf
+from oracles import check_retrieval_unit
 from test_paper_specs import write_checkpoints, write_data
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "beyond.yaml"
@@ -97,9 +98,11 @@ def test_beyond_runs_new_encoders(env, tmp_path, capsys):
     results = {r["unit"]: r for r in (json.loads(p.read_text()) for p in (out / "results").glob("*.json"))}
     failed = [(u, r["error"]) for u, r in results.items() if r["status"] != "ok"]
     assert rc == 0 and not failed and len(results) == 9, (rc, failed, printed[-2000:])
+    plan = build_plan(SPEC, Plugins(), [*TINY, run, "tasks.part_linear_mean.options.epochs=2"])
     for enc in ("dinov2_vitb14_reg4", "clip_openai", "clip_laion2b", "siglip", "ijepa", "deit3_in21k"):
         r = results[f"part_retrieval__cub_parts__{enc}"]
-        assert 0 < r["metrics"]["AP"] <= 100 and r["details"]["n_items"] == 24
+        assert r["details"]["n_items"] == 24
+        check_retrieval_unit(r, plan, tmp_path)
         assert r["details"]["checkpoint_load_report"]["missing"] == []
     assert results["part_retrieval__cub_parts__ijepa"]["details"]["representation"]["reported"] == "mean_patch"
     assert results["part_retrieval__cub_parts__siglip"]["details"]["representation"]["reported"] == "mean_patch"

@@ -67,6 +67,8 @@ WRITER = textwrap.dedent("""
     """)
 
 
+@pytest.mark.allow_skip("needs unshare -p (PID namespaces), which unprivileged containers refuse; the test above "
+                        "covers the same sweep with a simulated foreign pid")
 def test_a_writer_in_its_own_pid_namespace_survives_a_run_starting_outside(tmp_path):
     """The same with a real PID namespace (as a container has), where unshare is allowed."""
     (tmp_path / "w.py").write_text(WRITER)
@@ -196,6 +198,7 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", [["verify", "--delete"], ["prune", "--all"]], ids=["verify-delete", "prune-all"])
 def test_a_cache_tool_beside_a_live_run_keeps_what_it_writes(tmp_path, capsys, tool):
     """`harness cache verify --delete` (or `prune --all`) while another run extracts: the run's temporary is

@@ -18,6 +18,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("killed", [1, 0])
 def test_a_killed_rank_makes_the_other_exit_within_60_s(tmp_path, killed):
     """Two ranks started as torchrun starts them (without the agent, which would kill the survivor itself);

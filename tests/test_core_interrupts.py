@@ -38,6 +38,7 @@ def _temporaries(tmp_path):
     return [str(p) for p in tmp_path.rglob("*") if ".tmp-" in p.name or p.name.startswith("harness-rank")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code, group", [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
 def test_a_signal_stops_the_run_cleanly_and_the_rerun_resumes(tmp_path, signum, code, group):
     """SIGTERM to the process (a scheduler), SIGINT to its whole process group (Ctrl-C in a terminal, which

@@ -21,11 +21,31 @@ def test_builtins_load_through_entry_points():
     assert p.registry["encoder"]["random_vit"].origin == "partbench:baselines"
 
 
-def test_plugins_folder_is_not_installed_as_generic_plugins_module():
-    import importlib.util
+def test_plugins_folder_is_not_installed_as_generic_plugins_module(tmp_path):
+    """The installed distribution provides plugins/ as `partbench_plugins` only. Asked from a folder outside
+    the checkout: `python -m pytest` puts the checkout itself first on sys.path, where its plugins/ folder is
+    importable as `plugins` whatever the installation does (and the checkout's own partbench.egg-info shadows
+    the installed metadata)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    assert importlib.util.find_spec("plugins") is None or "partbench" not in str(
-        importlib.util.find_spec("plugins").origin or "")
+    probe = ("import importlib.metadata as m, importlib.util as u, json\n"
+             "s = u.find_spec('plugins')\n"
+             "d = m.distribution('partbench')\n"
+             "print(json.dumps({'origin': s and (s.origin or list(s.submodule_search_locations)[0]),\n"
+             "                  'top_level': (d.read_text('top_level.txt') or '').split(),\n"
+             "                  'files': [str(d.locate_file(f)) for f in d.files or []]}))")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    installed = json.loads(r.stdout)
+    assert "partbench_plugins" in installed["top_level"] and "plugins" not in installed["top_level"]
+    checkout_plugins = Path(__file__).resolve().parents[1] / "plugins"
+    if installed["origin"] is not None:  # another distribution may own a `plugins` module; not this one
+        origin = Path(installed["origin"]).resolve()
+        assert not origin.is_relative_to(checkout_plugins), origin  # editable install mapping `plugins`
+        assert origin not in {Path(f).resolve() for f in installed["files"]}, origin  # wheel install
 
 
 def test_whitelist_limits_entry_points(monkeypatch):
@@ -144,18 +164,61 @@ def test_describe_lists_hooks_and_versions(toy_plugins):
     assert toy["hooks"] == ["register_datasets", "register_encoders", "register_tasks"]
 
 
-# Meta-tests in the datasette style: one test per hook, named test_hook_<hook>.
-def test_hook_register_encoders(toy_plugins):
-    reg = toy_plugins.registry["encoder"]["toy_stats"]
-    assert reg.kind == "encoder" and reg.description
+# Meta-tests in the datasette style: one test per hook, named test_hook_<hook>. A plugin whose hook records
+# every call: the plugin manager calls it once, with the core's register callback, which files the class
+# under that hook's kind and refuses another kind's class.
+RECORDER = """
+    from harness import hookimpl, {base}, {other}
+
+    calls = []
+    refusals = []
 
 
-def test_hook_register_datasets(toy_plugins):
-    assert toy_plugins.registry["dataset"]["toy_colours"].cls.__name__ == "ToyColours"
+    class Recorded({base}):
+        \"\"\"First docstring line.\"\"\"
 
 
-def test_hook_register_tasks(toy_plugins):
-    assert toy_plugins.registry["task"]["toy_centroid"].cls.headline == ("acc",)
+    class OtherKind({other}):
+        pass
+
+
+    @hookimpl
+    def {hook}(register):
+        calls.append(register)
+        register("recorded", Recorded, "from the recorder")
+        for wrong in (OtherKind, int):
+            try:
+                register("wrong", wrong)
+            except Exception as exc:
+                refusals.append(str(exc))
+    """
+
+
+def _check_hook(tmp_path, hook, kind, base, other):
+    import sys
+
+    d = _write(tmp_path, "recorder", RECORDER.format(hook=hook, base=base, other=other))
+    p = Plugins(plugins_dirs=[d], allow=["recorder"])
+    module = sys.modules["harness_local_plugins.recorder"]
+    origin = f"file:{d / 'recorder.py'}"
+    assert len(module.calls) == 1  # the hook ran once; what its register did is the core's, below
+    reg = p.registry[kind]["recorded"]
+    assert (reg.kind, reg.name, reg.cls, reg.origin, reg.description) == (
+        kind, "recorded", module.Recorded, origin, "from the recorder")
+    assert module.refusals == [f"{origin}: {kind} 'wrong' must be a subclass of harness.{base}"] * 2
+    assert {k: list(t) for k, t in p.registry.items()} == {k: ["recorded"] if k == kind else [] for k in p.registry}
+
+
+def test_hook_register_encoders(tmp_path):
+    _check_hook(tmp_path, "register_encoders", "encoder", "Encoder", "Task")
+
+
+def test_hook_register_datasets(tmp_path):
+    _check_hook(tmp_path, "register_datasets", "dataset", "Dataset", "Encoder")
+
+
+def test_hook_register_tasks(tmp_path):
+    _check_hook(tmp_path, "register_tasks", "task", "Task", "Dataset")
 
 
 def _broken_distribution(tmp_path):

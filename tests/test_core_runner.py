@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from harness.runner import run_spec
 
 from conftest import TOY_PLUGINS
@@ -92,6 +93,7 @@ def test_same_spec_twice_gives_identical_metrics(tmp_path, toy_plugins, monkeypa
     assert [r["metrics"] for r in a] == [r["metrics"] for r in b]
 
 
+@pytest.mark.slow
 def test_resume_after_hard_kill(tmp_path):
     """Kill the process (os._exit, no cleanup) while the second dataset's features are being written;
     the rerun has no corrupt cache entry, recomputes nothing already done and gives the same metrics."""

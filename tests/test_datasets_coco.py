@@ -170,3 +170,66 @@ def test_a_chosen_annotation_file_and_image_folder(coco, tmp_path):
     with pytest.raises(HarnessError, match=r"my_keypoints\.json"):
         custom.unlink()
         ds.check_split("all")
+
+
+# ---------------------------------------------------------------- coco_persons: validated when the spec is
+def _persons(root):
+    from partbench_plugins.datasets.coco_persons import CocoPersons
+
+    return instantiate(CocoPersons, root=str(root))
+
+
+def test_persons_keypoint_lists_of_the_wrong_length_are_found_at_check_split(tmp_path):
+    bad = json.loads(json.dumps(COCO_TRAIN))
+    bad["annotations"][1]["keypoints"] = bad["annotations"][1]["keypoints"][:48]
+    bad["annotations"][2]["keypoints"] = bad["annotations"][2]["keypoints"] + [0, 0, 0]
+    root = write_coco(tmp_path / "coco", train=bad)
+    with pytest.raises(HarnessError, match=r"person_keypoints_train2017\.json: annotation 11: 'keypoints' must list "
+                                           r"51 numbers, got 48 \(x, y, v for each of the 17 keypoints of category "
+                                           r"'person'\) \(1 more annotation\(s\) like it, e\.g\. 20\)"):
+        _persons(root).check_split("train")
+
+
+def test_persons_an_empty_split_is_found_at_check_split(tmp_path):
+    empty = json.loads(json.dumps(COCO_TRAIN))
+    for a in empty["annotations"]:
+        a["num_keypoints"] = 0
+    root = write_coco(tmp_path / "coco", train=empty)
+    with pytest.raises(HarnessError, match=r"train2017\.json: no usable person .*'dropped_no_keypoints': 4"):
+        _persons(root).check_split("train")
+
+
+def test_persons_missing_images_are_found_at_validation(tmp_path):
+    import textwrap
+
+    from harness import SpecError
+    from harness.plugins import Plugins
+    from harness.spec import build_plan
+
+    root = write_coco(tmp_path / "coco")
+    for name in ("000000000001.jpg", "000000000003.jpg"):
+        (root / "images" / "train2017" / name).unlink()
+    spec = tmp_path / "s.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        encoders: {{v: {{plugin: random_vit, options: {{depth: 2, embed_dim: 24, num_heads: 2, seed: 0}}}}}}
+        datasets: {{persons: {{plugin: coco_persons, options: {{root: {root}}}}}}}
+        tasks: {{pose: {{plugin: linear_pose, options: {{blocks: [0, 1], test_split: train}}}}}}
+    """))
+    with pytest.raises(SpecError, match=r"datasets\.persons \(split 'train', .*images/train2017: 2 of the 3 images "
+                                        r"with persons in \S+person_keypoints_train2017\.json are missing: "
+                                        r"000000000001\.jpg, 000000000003\.jpg$"):
+        build_plan(spec, Plugins())
+
+
+def test_persons_check_split_reads_the_annotations_once_for_the_run(tmp_path, monkeypatch):
+    from partbench_plugins.datasets import coco_persons
+
+    ds = _persons(write_coco(tmp_path / "coco"))
+    parsed = []
+    real = coco_persons.load_coco
+    monkeypatch.setattr(coco_persons, "load_coco", lambda p: parsed.append(p) or real(p))
+    ds.check_split("train")
+    assert len(parsed) == 1  # validation reads the split
+    s = ds.load("train")
+    assert len(parsed) == 1 and len(s) == 4 and s.summary["split"] == "train"
+    assert len(ds.load("train")) == 4 and len(parsed) == 2  # a later load reads the files again

@@ -4,7 +4,8 @@ import pickle
 import numpy as np
 from PIL import Image
 
-from partbench_plugins.datasets.part_crops import SourceCache, crop_samples
+from partbench_plugins.datasets._common import SourceCache
+from partbench_plugins.datasets.part_crops import crop_samples
 
 
 def test_crop_samples_crop_black_outside_and_survive_pickling(tmp_path):

@@ -60,12 +60,12 @@ def test_errors_name_the_file(tmp_path):
     (root / "ann" / "train" / "000001.png").unlink()
     with pytest.raises(HarnessError, match=r"000001.jpg: no label map .*000001.png \(1 image\(s\) without labels\)"):
         ds.check_split("train")
-    bad = np.zeros((10, 10), np.uint8)
+    bad = np.asarray(Image.open(root / "ann" / "val" / "000100.png")).copy()
     bad[0, 0] = 17  # 16 classes: 17 is out of range
     Image.fromarray(bad, mode="L").save(root / "ann" / "val" / "000100.png")
     with pytest.raises(HarnessError, match=r"000100.png: label 17 > 16 \(16 classes, 0 = ignored background\)"):
         ds.check_split("val")
-    Image.new("RGB", (10, 10)).save(root / "ann" / "val" / "000100.png")
+    Image.new("RGB", bad.shape[::-1]).save(root / "ann" / "val" / "000100.png")
     with pytest.raises(HarnessError, match="mode RGB; expected a single-channel index PNG"):
         ds.check_split("val")
     (root / "img" / "train").rename(root / "img" / "moved")
@@ -114,6 +114,7 @@ tasks:
 """
 
 
+@pytest.mark.slow
 def test_spec_runs_both_protocols_on_ade_pascal_and_lip_layouts(tmp_path):
     from harness.runner import run_spec
 
@@ -152,6 +153,7 @@ def test_a_too_big_window_cache_is_refused_before_anything_is_encoded(tmp_path):
     assert not list((tmp_path / "cache").rglob("*.npy"))
 
 
+@pytest.mark.slow
 def test_both_protocols_run_on_the_synthetic_object_part_pair(tmp_path):
     from harness.runner import run_spec
 

@@ -13,6 +13,7 @@ from partbench_plugins.datasets import synthetic
 from partbench_plugins.datasets.coco import CocoObjects, CocoParts
 from partbench_plugins.datasets.cub import CubParts
 from partbench_plugins.datasets.synthetic import SyntheticParts
+from partbench_plugins.datasets.synthetic_families import BIRDS
 
 N, SIZE = 16, 192
 
@@ -129,7 +130,7 @@ def test_prepare_generates_into_default_root(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     ds = instantiate(SyntheticParts, num_images=4, image_size=128, seed=2)
     ds.prepare()
-    root = tmp_path / "partbench" / "synthetic_parts" / f"n4-s128-seed2-v{synthetic.VERSION}"
+    root = tmp_path / "partbench" / "synthetic_parts" / f"n4-s128-seed2-v{BIRDS.version}"
     assert (root / synthetic.MARKER).is_file()
     assert ds.load("all").summary["root"] == str(root)
 

@@ -21,6 +21,7 @@ from partbench_plugins.datasets import synthetic_objects as so
 from partbench_plugins.datasets.coco import CocoObjects, CocoParts
 from partbench_plugins.datasets.cub import CubParts
 from partbench_plugins.datasets.synthetic import SyntheticParts
+from partbench_plugins.datasets.synthetic_families import OBJECTS
 
 N, SIZE = 240, 160
 
@@ -175,6 +176,7 @@ def _colour_accuracy(samples, colour_identity=True):
     return float(cross_val_score(LogisticRegression(max_iter=2000, C=10.0), x, samples.labels, cv=5).mean())
 
 
+@pytest.mark.slow
 def test_colour_alone_identifies_neither_parts_nor_objects(gen, tmp_path):
     """A colour-histogram classifier (4x4x4 RGB bins, logistic regression, 5-fold CV) is near chance on
     the objects (chance 1/8). On the object parts (chance 1/4) it is above chance, but not through which
@@ -250,11 +252,11 @@ def test_deterministic_marker_and_default_root(gen, tmp_path, monkeypatch):
     first = sorted((gen / "coco" / "images" / "train2017").iterdir())[0]
     assert (again / "coco" / "images" / "train2017" / first.name).read_bytes() == first.read_bytes()
     marker = json.loads((gen / synthetic.MARKER).read_text())
-    assert marker["kind"] == "objects" and marker["version"] == synthetic.OBJECTS.version
+    assert marker["kind"] == "objects" and marker["version"] == OBJECTS.version
     assert "kind" not in synthetic.params(4, 128, 0)  # birds keep their original marker
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     d = instantiate(SyntheticParts, kind="objects", num_images=3, image_size=160, seed=2, format="objects")
-    assert d.load("all").summary["root"].endswith(f"synthetic_parts/objects-n3-s160-seed2-v{synthetic.OBJECTS.version}")
+    assert d.load("all").summary["root"].endswith(f"synthetic_parts/objects-n3-s160-seed2-v{OBJECTS.version}")
 
 
 def test_bad_option_combinations_fail_at_validation(tmp_path):

@@ -10,6 +10,7 @@ reported keys, and one-line errors for every other family's file.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -29,6 +30,7 @@ from partbench_plugins.encoders.weight_files import check_heads
 
 import _beyond_files as bf
 from _paper_files import W, make
+from _vit_reference import gelu, gelu_tanh
 from test_encoders_checkpoints import CLASSES as PAPER_CLASSES, METHOD_NAME as PAPER_NAMES
 
 ATOL = 1e-5
@@ -257,9 +259,43 @@ def test_clip_activation_must_be_known(files, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # SigLIP
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config,act", [
+    ({"model_type": "siglip_vision_model", "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}, "gelu_tanh"),
+    ({"model_type": "siglip", "vision_config": {"hidden_act": "gelu"}}, "gelu"),
+    ({"architecture": "vit_base_patch16_siglip_224", "model_args": {"act_layer": "gelu"}}, "gelu"),
+    ({"architecture": "vit_base_patch16_siglip_224", "num_classes": 0}, "gelu_tanh"),  # timm's: silent on it
+])
+def test_siglip_activation_from_config(config, act, files, tmp_path):
+    """A config.json next to the weights that states the activation decides it; the option overrides."""
+    shutil.copyfile(files["siglip_timm"][0], tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    x = image(n=1)
+    enc = SigLIP("s", checkpoint=str(tmp_path / "model.safetensors"), num_heads=bf.SIGLIP_HEADS)
+    out = encode(enc, x, ["tokens", "projected"])
+    tokens, pooled, _ = bf.siglip_reference(siglip_trunk_sd(files), x, heads=bf.SIGLIP_HEADS,
+                                            act=gelu if act == "gelu" else gelu_tanh)
+    close(out["tokens"], tokens)
+    close(out["projected"], pooled)
+    assert enc.identity()["activation"] == act
+    other = "gelu" if act == "gelu_tanh" else "gelu_tanh"
+    forced = SigLIP("s", checkpoint=str(tmp_path / "model.safetensors"), num_heads=bf.SIGLIP_HEADS, activation=other)
+    assert forced.identity()["activation"] == other and forced.identity() != enc.identity()
+
+
+def test_siglip_unknown_config_activation(files, tmp_path):
+    shutil.copyfile(files["siglip_timm"][0], tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", "hidden_act": "relu"}))
+    with pytest.raises(HarnessError, match=r"config.json: hidden_act is 'relu'; expected one of .*gelu_pytorch_tanh"):
+        SigLIP("s", checkpoint=str(tmp_path / "model.safetensors")).validate()
+    enc = SigLIP("s", checkpoint=str(tmp_path / "model.safetensors"), activation="gelu")  # the option wins
+    enc.validate()
+
+
 def test_siglip_open_clip_file(files):
+    """open_clip's own ViT-B-16-SigLIP on the same file: timm's SigLIP 1 definition, exact GELU (which
+    ``activation: gelu`` selects; the default is the published tanh approximation, tested above)."""
     path, _ = files["siglip_openclip"]
-    enc = SigLIP("s", checkpoint=str(path), num_heads=bf.SIGLIP_HEADS)
+    enc = SigLIP("s", checkpoint=str(path), num_heads=bf.SIGLIP_HEADS, activation="gelu")
     x = image()
     out = encode(enc, x, ["mean_patch", "tokens", "block.0", "block.1", "projected"])
     ref = open_clip.create_model(f"local-dir:{path.parent}").eval()
@@ -276,10 +312,33 @@ def test_siglip_open_clip_file(files):
     assert out["projected"].shape == (2, bf.SIGLIP_WIDTH)
 
 
+def siglip_trunk_sd(files):
+    from safetensors.torch import load_file
+    return load_file(str(files["siglip_timm"][0]))
+
+
+@pytest.mark.parametrize("name", ["siglip_timm", "siglip_openclip"])
+@pytest.mark.parametrize("size", [(224, 224), (320, 256)])
+def test_siglip_matches_published_model(name, size, files):
+    """Against an independent plain-torch SigLIP (the published architecture: tanh-approximated GELU in the
+    blocks and the MAP head), every weight perturbed off its init: pooled, tokens and blocks within 1e-5."""
+    sd = siglip_trunk_sd(files)
+    x = image(*size)
+    enc = SigLIP("s", checkpoint=str(files[name][0]), num_heads=bf.SIGLIP_HEADS)
+    out = encode(enc, x, ["mean_patch", "tokens", "block.0", "block.1", "projected"])
+    tokens, pooled, blocks = bf.siglip_reference(sd, x, heads=bf.SIGLIP_HEADS, blocks=(0, 1))
+    check(out, tokens, blocks, prefix=0)
+    close(out["projected"], pooled)
+    assert enc.identity()["activation"] == "gelu_tanh" and "act=gelu_tanh act_from=published" in \
+        enc.load_report["architecture"]
+    exact, exact_pooled, _ = bf.siglip_reference(sd, x, heads=bf.SIGLIP_HEADS, act=gelu)
+    assert (exact - tokens).abs().max() > 4 * ATOL and (exact_pooled - pooled).abs().max() > 4 * ATOL  # it can tell
+
+
 @pytest.mark.parametrize("size", [(224, 224), (320, 256)])
 def test_siglip_timm_file(size, files):
     path, _ = files["siglip_timm"]
-    enc = SigLIP("s", checkpoint=str(path), num_heads=bf.SIGLIP_HEADS)  # model.safetensors
+    enc = SigLIP("s", checkpoint=str(path), num_heads=bf.SIGLIP_HEADS, activation="gelu")  # model.safetensors, as timm
     x = image(*size)
     out = encode(enc, x, ["mean_patch", "tokens", "block.1", "projected"])
     ref = open_clip.create_model(f"local-dir:{files['siglip_openclip'][0].parent}", force_image_size=size).eval()

@@ -38,6 +38,7 @@ def _harness(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_external_plugin_installed_discovered_and_used(installed_hello, tmp_path):
     ls = _harness("ls", "encoders")
     assert ls.returncode == 0, ls.stderr

@@ -17,6 +17,7 @@ from PIL import Image
 from harness import HarnessError, Samples
 from harness import transforms as T
 from harness.cache import FeatureCache
+from harness.execution import encode
 from harness.features import FeatureEngine
 from harness.loading import load_batches
 from harness.progress import LogProgress
@@ -50,8 +51,7 @@ def old_path(enc, samples, transform, bs):
     rows = []
     for s in range(0, len(samples), bs):
         x = torch.stack([T.apply(transform, samples.image(i)) for i in range(s, min(s + bs, len(samples)))])
-        with torch.inference_mode():
-            rows.append(enc.forward((x - mean) / std, ["cls", "block.1"]))
+        rows.append(encode(enc, (x - mean) / std, ["cls", "block.1"]))
     return {r: torch.cat([o[r] for o in rows]).numpy() for r in ("cls", "block.1")}
 
 
@@ -130,8 +130,7 @@ def test_pad_transform_zeroes_the_padding_after_normalisation(tmp_path):
         img = torch.from_numpy(np.array(samples.image(i))).permute(2, 0, 1).float() / 255
         canvas = torch.zeros(1, 3, 64, 64)
         canvas[0, :, :img.shape[1], :img.shape[2]] = (img - mean) / std  # mmseg pads with 0 after normalising
-        with torch.inference_mode():
-            ref = enc.forward(canvas, ["tokens"])["tokens"][0].numpy().astype(np.float16)
+        ref = encode(enc, canvas, ["tokens"])["tokens"][0].numpy().astype(np.float16)
         assert np.array_equal(got["tokens"][i], ref)
     with pytest.raises(ValueError, match="does not fit"):
         T.pixels("pad:32:32", samples.image(0))
@@ -218,6 +217,7 @@ def _run(args, env, cwd):
     return r
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_give_the_same_cache_and_metrics(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -277,3 +277,33 @@ def test_stream_equals_the_cached_features(tmp_path):
         eng.close()
     for i, v in got.items():
         assert np.array_equal(v, cached["cls"][i])
+
+
+def test_a_data_error_is_printed_once_per_dataset(tmp_path, capsys):
+    """Every unit of a dataset with a corrupt image fails alike: the log and the report print the error once and
+    name every unit it failed."""
+    from fixtures_data import write_cub
+
+    from harness.cli import main
+
+    root = write_cub(tmp_path / "CUB_200_2011")
+    (root / "images" / "001.Albatross" / "a_0001.jpg").write_bytes(b"not a jpeg")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        encoders:
+          a: {{plugin: random_vit, options: {{embed_dim: 32, depth: 1, num_heads: 2, img_size: 64}}}}
+          b: {{plugin: random_vit, options: {{embed_dim: 32, depth: 1, num_heads: 2, img_size: 64, seed: 1}}}}
+        datasets:
+          cub: {{plugin: cub_parts, options: {{root: {root}, check_images: false}}}}
+        tasks:
+          r: {{plugin: retrieval, options: {{representation: cls, transform: "resize:64"}}}}
+          r2: {{plugin: retrieval, options: {{representation: mean_patch, transform: "resize:64"}}}}
+    """))
+    code = main(["run", str(spec), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    (line,) = [l for l in err.splitlines() if "a_0001.jpg" in l]
+    error = line.split("FAILED: ", 1)[1]
+    assert error.startswith("dataset 'cub' all: ") and err.count("FAILED: same error as r__cub__a") == 3, err
+    assert out.count(error) == 2 and out.count(f"FAILED cub / a, cub / b: {error}") == 2  # below each task's table

@@ -18,6 +18,12 @@ def test_readme_commands_are_the_ci_commands():
     assert "harness run specs/demo.yaml" in install
 
 
+def test_readme_quick_tier_is_the_test_command_without_slow_tests():
+    blocks = _bash_blocks((ROOT / "README.md").read_text())
+    assert blocks[2] == blocks[1] + ' -m "not slow"'
+    assert "slow:" in (ROOT / "setup.cfg").read_text()  # the marker is registered
+
+
 def test_cli_subcommands_are_documented():
     from harness.cli import build_parser
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score
 
 from harness import Samples, SpecError
 from harness.spec import validate_options
 from harness.testing import FakeContext, StubDataset, StubEncoder
 from partbench_plugins.tasks.retrieval import Retrieval
+
+from oracles import check_retrieval_unit, sklearn_retrieval_metrics
 
 
 def FakeEncoder(reps=("cls", "mean_patch"), name="enc"):
@@ -33,21 +34,6 @@ def _task(**opts):
     return Retrieval("retrieval", **validate_options(Retrieval.option_schema(), opts, "tasks.retrieval.options"))
 
 
-def _sklearn_metrics(x, y, exclude_self=False):
-    x = x.astype(np.float64)
-    u = x / np.linalg.norm(x, axis=1, keepdims=True)
-    aps = []
-    for i in range(len(y)):
-        keep = np.ones(len(y), dtype=bool)
-        keep[i] = not exclude_self
-        yt = y[keep] == y[i]
-        aps.append(average_precision_score(yt, (u @ u[i])[keep]) if yt.any() else np.nan)
-    aps = np.array(aps)
-    ok = ~np.isnan(aps)
-    per_class = [aps[(y == c) & ok].mean() for c in np.unique(y) if ((y == c) & ok).any()]
-    return 100 * aps[ok].mean(), 100 * np.mean(per_class)
-
-
 @pytest.fixture
 def toy(tmp_path):
     rng = np.random.default_rng(0)
@@ -63,7 +49,7 @@ def toy(tmp_path):
 def test_metrics_equal_sklearn_per_query_in_percent(toy):
     ctx, feats, y = toy
     res = _task(representation="cls").run(ctx)
-    ap, map_ = _sklearn_metrics(feats["cls"], y)
+    ap, map_ = sklearn_retrieval_metrics(feats["cls"], y)
     assert res["metrics"]["AP"] == pytest.approx(ap, abs=1e-5)
     assert res["metrics"]["mAP"] == pytest.approx(map_, abs=1e-5)
     assert res["metrics"]["AP.cls"] == res["metrics"]["AP"]
@@ -86,7 +72,7 @@ def test_best_reports_the_better_of_cls_and_mean_patch_and_records_it(toy):
     assert d["representation"]["reported"] == "cls"  # cls is informative, mean_patch is noise here
     assert set(d["representation"]["candidates"]) == {"cls", "mean_patch"}
     assert m["AP"] == m["AP.cls"] > m["AP.mean_patch"]
-    assert m["AP.projected"] == pytest.approx(_sklearn_metrics(feats["projected"], y)[0], abs=1e-5)
+    assert m["AP.projected"] == pytest.approx(sklearn_retrieval_metrics(feats["projected"], y)[0], abs=1e-5)
     assert ctx.requested == [("all", ("cls", "mean_patch", "projected"), "resize:224")]
 
 
@@ -103,7 +89,7 @@ def test_exclude_self_and_queries_without_positives(tmp_path):
     x = rng.standard_normal((12, 5)).astype(np.float32)
     ctx = FakeCtx({"cls": x}, y, ["a", "b", "c"], tmp_path)
     res = _task(representation="cls", exclude_self=True).run(ctx)
-    ap, map_ = _sklearn_metrics(x, y, exclude_self=True)
+    ap, map_ = sklearn_retrieval_metrics(x, y, exclude_self=True)
     assert res["metrics"]["AP"] == pytest.approx(ap, abs=1e-5)
     assert res["metrics"]["mAP"] == pytest.approx(map_, abs=1e-5)
     assert res["details"]["queries_without_positives"] == 1
@@ -159,15 +145,18 @@ tasks:
 def test_end_to_end_spec_on_synthetic_cub_and_coco_formats(tmp_path, monkeypatch):
     # Needs the lead's runner and the synthetic dataset / baseline encoder plugins: if any of them is
     # missing this must fail, not skip.
+    from harness.plugins import Plugins
     from harness.runner import run_spec
+    from harness.spec import build_plan
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.replace("ROOT", str(tmp_path / "data")))
     first = run_spec(spec, tmp_path / "a")
     assert len(first) == 4 and all(r["status"] == "ok" for r in first), [r.get("error") for r in first]
+    plan = build_plan(spec, Plugins())
     for r in first:
         m, d = r["metrics"], r["details"]
-        assert 0 < m["AP"] <= 100 and 0 < m["mAP"] <= 100
+        check_retrieval_unit(r, plan, tmp_path)
         assert d["representation"]["reported"] in ("cls", "mean_patch")
         assert m["AP"] == max(m["AP.cls"], m["AP.mean_patch"])
         assert d["n_items"] > 10 and d["dataset_summary"]["kept"] == d["n_items"]

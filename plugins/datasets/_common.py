@@ -1,16 +1,19 @@
-"""Private helpers of the built-in dataset plugins: strict text/image readers and option checks.
+"""Private helpers of the built-in dataset plugins: strict text/image readers, a small cache of decoded
+images and option checks.
 (The official part-crop rule and the crop Samples class are public: ``part_crops``.)
 """
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from harness import HarnessError
+from harness.api import HarnessError
 
 
 def expand(path) -> Path:
@@ -77,6 +80,34 @@ def image_size(path) -> tuple[int, int]:
         raise HarnessError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise HarnessError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+class SourceCache:
+    """A small thread-safe LRU of decoded source images (the feature loader decodes in a thread).
+    Pickles empty, so Samples holding one stay picklable for worker processes."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, load):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = load()  # decode outside the lock
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __getstate__(self):
+        return {"size": self.size}
+
+    def __setstate__(self, state):
+        self.__init__(state["size"])
 
 
 def subsample_per_class(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:

@@ -18,9 +18,9 @@ class tuples are placeholders), so they are numbered unless ``classes_file`` giv
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
-from .seg_folders import SegFolderDataset
+from .seg_folders import RELEASE_LAYOUT, SegFolderDataset
 
 ADE_GEOMETRY = {"scale": [2048, 512], "crop": [512, 512], "stride": [341, 341], "train_scale": [2048, 512]}
 ADE_LAYOUT = {"train": ("images/training", "annotations/training"),
@@ -43,33 +43,33 @@ ADE150 = [
     "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag"]
 
 
-class ADE20K(SegFolderDataset):
-    """ADE20K scene parsing, 150 classes (ADEChallengeData2016)."""
+class _ADE(SegFolderDataset):
+    """The ADEChallengeData2016 layout and ADE20K's official geometry."""
 
     folders = ADE_LAYOUT
+    defaults = ADE_GEOMETRY
+
+
+class ADE20K(_ADE):
+    """ADE20K scene parsing, 150 classes (ADEChallengeData2016)."""
+
     classes = ADE150
     num_classes = 150
-    defaults = ADE_GEOMETRY
     level = "object"
 
 
-class ADE20KObject(SegFolderDataset):
+class ADE20KObject(_ADE):
     """ADE20K-Object: the paper authors' 59 object classes (ADEChallengeData2016 layout)."""
 
-    folders = ADE_LAYOUT
     num_classes = 59
-    class_prefix = "object"
-    defaults = ADE_GEOMETRY
     level, hierarchy = "object", "ade20k"
 
 
-class ADE20KPart(SegFolderDataset):
-    """ADE20K-Part: the paper authors' 209 part classes (img/ann layout)."""
+class ADE20KPart(_ADE):
+    """ADE20K-Part: the paper authors' 209 part classes (the release's img/ann layout)."""
 
-    folders = {"train": ("img/train", "ann/train"), "val": ("img/val", "ann/val")}
+    folders = RELEASE_LAYOUT
     num_classes = 209
-    class_prefix = "part"
-    defaults = ADE_GEOMETRY
     level, hierarchy = "part", "ade20k"
 
 

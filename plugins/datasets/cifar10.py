@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness import Dataset, HarnessError, Option, Samples, hookimpl
+from harness.api import Dataset, HarnessError, Option, Samples, hookimpl
 
 from ._common import expand, need_dir, need_file, positive, subsample_per_class
 

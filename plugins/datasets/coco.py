@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import Dataset, HarnessError, Option, hookimpl
+from harness.api import Dataset, HarnessError, Option, hookimpl
 
 from ._common import distinct_ids_check, expand, need_dir, need_file, positive, subsample_per_class
 from .part_crops import CROP_RULE_COUNTERS, box_outside, crop_samples, half_distances, kept_crops
@@ -90,6 +90,21 @@ def keypoint_category(coco, ann_file) -> dict:
     return next((c for c in cats if c.get("name") == "person"), cats[0])
 
 
+def check_keypoint_lists(coco, cat: dict, ann_file) -> None:
+    """Every annotation of the keypoint category ``cat`` lists 3 numbers (x, y, v) per keypoint name; one
+    error names the first bad annotation and counts the others."""
+    want = 3 * len(cat["keypoints"])
+    bad = [a for a in coco.dataset.get("annotations", []) if a.get("category_id") == cat["id"]
+           and not (isinstance(a.get("keypoints"), list) and len(a["keypoints"]) == want)]
+    if bad:
+        kp = bad[0].get("keypoints")
+        got = len(kp) if isinstance(kp, list) else type(kp).__name__
+        more = f" ({len(bad) - 1} more annotation(s) like it, e.g. {bad[1].get('id')})" if len(bad) > 1 else ""
+        raise HarnessError(f"{ann_file}: annotation {bad[0].get('id')}: 'keypoints' must list {want} numbers, "
+                           f"got {got} (x, y, v for each of the {want // 3} keypoints of category "
+                           f"'{cat.get('name')}'){more}")
+
+
 def _image_entry(coco, path: Path, iid: int):
     img = coco.imgs.get(iid)
     if img is None:
@@ -109,9 +124,9 @@ def read_coco_parts(ann_file: Path, img_dir: Path, keypoints, distance: str = "w
         if not 1 <= k <= len(names):
             raise HarnessError(f"{ann_file}: keypoint id {k} is not in category '{cat.get('name')}' "
                                f"(ids 1..{len(names)})")
+    check_keypoint_lists(coco, cat, ann_file)
     label_of = {k: i for i, k in enumerate(keypoints)}
     classes = [names[k - 1] for k in keypoints]
-    nk = len(names)
 
     counts = Counter()
     per_image: dict[int, list] = {}  # image id -> [(kp id, x, y, ann id)] of persons with >= 2 used
@@ -119,10 +134,7 @@ def read_coco_parts(ann_file: Path, img_dir: Path, keypoints, distance: str = "w
                   key=lambda a: (a["image_id"], a["id"]))
     for a in anns:
         counts["persons"] += 1
-        kp = a.get("keypoints")
-        if not isinstance(kp, list) or len(kp) != 3 * nk:
-            raise HarnessError(f"{ann_file}: annotation {a.get('id')}: 'keypoints' must list {3 * nk} "
-                               f"numbers, got {len(kp) if isinstance(kp, list) else type(kp).__name__}")
+        kp = a["keypoints"]
         used = []
         for k in keypoints:
             x, y, v = kp[3 * (k - 1): 3 * k]

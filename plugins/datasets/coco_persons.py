@@ -8,23 +8,26 @@ Ground-truth boxes (default): every person annotation with ``num_keypoints > 0``
 its box is clipped to the image as mmpose does (x2 = min(W - 1, x + max(0, w - 1)), likewise y) and dropped
 when the clipped box has no width or height. ``detections``: boxes from a COCO results file (``image_id``,
 ``category_id`` 1, ``bbox``, ``score``) above ``det_score``, with zero keypoints (evaluation still uses
-the annotation file). Drops are counted in the summary; a split without any usable person is an error.
+the annotation file). Drops are counted in the summary. Found when the split is read, which
+``check_split`` does at validation (the read is kept for the run's ``load``): a keypoint list that is not
+3 numbers per keypoint name, a split without any usable person, and image files that are missing (every
+image a person is read from is checked to exist).
 """
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from harness import HarnessError, Option, hookimpl
+from harness.api import HarnessError, Option, hookimpl
 from harness.api import KeypointSamples
 
-from ._common import expand, need_file, open_rgb
-from .coco import _LAYOUT, SET_OF_SPLIT, _CocoLayout, keypoint_category, load_coco
-from .part_crops import SourceCache
+from ._common import SourceCache, expand, need_file, open_rgb
+from .coco import _LAYOUT, SET_OF_SPLIT, _CocoLayout, check_keypoint_lists, keypoint_category, load_coco
 
 
 def flip_pairs(names) -> list[tuple[int, int]]:
@@ -94,6 +97,7 @@ def clip_box(box, width: int, height: int):
 def read_persons(ann_file: Path, img_dir: Path, detections: Path | None = None, det_score: float = 0.0):
     coco = load_coco(ann_file)
     cat = keypoint_category(coco, ann_file)
+    check_keypoint_lists(coco, cat, ann_file)
     names = list(cat["keypoints"])
     K = len(names)
     counts: Counter = Counter()
@@ -149,6 +153,11 @@ def read_persons(ann_file: Path, img_dir: Path, detections: Path | None = None, 
             index[iid] = len(paths)
             paths.append(str(img_dir / coco.imgs[iid]["file_name"]))
         path_index.append(index[iid])
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        shown = ", ".join(os.path.relpath(p, img_dir) for p in missing[:5])
+        raise HarnessError(f"{img_dir}: {len(missing)} of the {len(paths)} images with persons in {ann_file} are "
+                           f"missing: {shown}{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}")
     summary = {"persons": len(items), "images": len(paths), **dict(counts), "keypoints": K,
                "boxes": "detections" if detections else "ground truth"}
     return PersonSamples([k for k, *_ in items], summary, [ann_file] + ([detections] if detections else []),
@@ -168,10 +177,21 @@ class CocoPersons(_CocoLayout):
         "det_score": Option(float, 0.0, "keep detections with at least this score"),
     }
 
+    def __init__(self, name: str, **options):
+        super().__init__(name, **options)
+        self._checked: dict = {}  # split -> the samples check_split read, handed to the run's load
+
     def split_files(self, split: str):
         return super().split_files("test" if split == "val" else split)
 
+    def check_split(self, split: str) -> None:
+        """Reads the split (keypoint lists, usable persons, image files; see the module docstring); the
+        result serves the next ``load`` of the split, so a run parses the annotation file once."""
+        self._checked[split] = self.load(split)
+
     def load(self, split: str):
+        if split in self._checked:
+            return self._checked.pop(split)
         ann, img = self.split_files(split)
         det = self.opts.get("detections")
         samples = read_persons(ann, img, expand(det) if det else None, self.opts.get("det_score", 0.0))

@@ -21,7 +21,7 @@ from collections import Counter
 
 import numpy as np
 
-from harness import Dataset, HarnessError, Option, hookimpl
+from harness.api import Dataset, HarnessError, Option, hookimpl
 
 from ._common import distinct_ids_check, expand, image_size, need_dir, read_rows
 from .part_crops import CROP_RULE_COUNTERS, crop_samples, half_distances, kept_crops

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness import Dataset, HarnessError, Option, Samples, hookimpl
+from harness.api import Dataset, HarnessError, Option, Samples, hookimpl
 
-from ._common import expand, image_size, need_dir, open_rgb, positive, read_rows, subsample_per_class
-from .part_crops import SourceCache
+from ._common import (SourceCache, expand, image_size, need_dir, open_rgb, positive, read_rows,
+                      subsample_per_class)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GRID, PATCH, STRIDE, CROP, RESIZE = 7, 56, 28, 224, 256

@@ -10,7 +10,7 @@ Official geometry (``lip.py``): train scale 1024x320 with ratio 0.5-2.0 and 320x
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .seg_folders import SegFolderDataset
 
@@ -21,7 +21,6 @@ LIP_PARTS = ["Hat", "Hair", "Glove", "Sunglasses", "UpperClothes", "Dress", "Coa
 class LIP(SegFolderDataset):
     """LIP human parsing: 19 part classes, background ignored."""
 
-    folders = {"train": ("img/train", "ann/train"), "val": ("img/val", "ann/val")}
     classes = LIP_PARTS
     num_classes = 19
     defaults = {"scale": [4096, 320], "crop": [320, 320], "stride": [161, 161], "train_scale": [1024, 320]}

@@ -28,16 +28,14 @@ Example (a dataset plugin's ``load``)::
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from harness import Samples
+from harness.api import Samples
 
-from ._common import open_rgb
+from ._common import SourceCache, open_rgb
 
 # The official code keeps a keypoint when 20 < d_min/2 < 1000 (pr_patch_retrieval.py / moco/loader.py).
 MIN_HALF_DIST = 20.0
@@ -112,34 +110,6 @@ def kept_crops(entries, half_dists, counts, size_of):
             counts[where] += 1
         counts["kept"] += 1
         yield entry, box
-
-
-class SourceCache:
-    """A small thread-safe LRU of decoded source images (the feature loader decodes in a thread).
-    Pickles empty, so Samples holding one stay picklable for worker processes."""
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key, load):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = load()  # decode outside the lock
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return value
-
-    def __getstate__(self):
-        return {"size": self.size}
-
-    def __setstate__(self, state):
-        self.__init__(state["size"])
 
 
 class CropSamples(Samples):

@@ -12,32 +12,30 @@ Official geometry (``pascal_193part.py`` / ``pascal_16semantic.py``): train scal
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .seg_folders import SegFolderDataset
 
-PASCAL_LAYOUT = {"train": ("img/train", "ann/train"), "val": ("img/val", "ann/val")}
-PASCAL_GEOMETRY = {"scale": [3840, 480], "crop": [480, 480], "stride": [161, 161], "train_scale": [520, 520]}
+
+class _Pascal(SegFolderDataset):
+    """The pair's shared release layout (``img/``, ``ann/``) and official geometry."""
+
+    defaults = {"scale": [3840, 480], "crop": [480, 480], "stride": [161, 161], "train_scale": [520, 520]}
+    hierarchy = "pascal"
 
 
-class PascalPart(SegFolderDataset):
+class PascalPart(_Pascal):
     """Pascal-Part: 193 part classes of 16 VOC object categories."""
 
-    folders = PASCAL_LAYOUT
     num_classes = 193
-    class_prefix = "part"
-    defaults = PASCAL_GEOMETRY
-    level, hierarchy = "part", "pascal"
+    level = "part"
 
 
-class PascalObject(SegFolderDataset):
+class PascalObject(_Pascal):
     """Pascal-Object: the 16 VOC object categories that have parts."""
 
-    folders = PASCAL_LAYOUT
     num_classes = 16
-    class_prefix = "object"
-    defaults = PASCAL_GEOMETRY
-    level, hierarchy = "object", "pascal"
+    level = "object"
 
 
 @hookimpl

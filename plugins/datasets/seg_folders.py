@@ -6,24 +6,20 @@ colours), 0 = background/unlabelled, classes 1..C (``reduce_zero_label``: 0 -> 2
 
 ``SegFolderDataset`` is the base of the ADE20K, Pascal and LIP plugins: it declares the split folders,
 the classes and the official evaluation geometry; ``check_split`` (run at spec validation) finds missing
-folders, unpaired files and labels above C in the first few label maps; ``load`` returns a
-``harness.api.SegSamples`` whose ``layout`` lets mmseg's ``BaseSegDataset`` read the very same files.
+folders and unpaired files, then checks every label map (``label_maps``: size equal to its image's, values
+within the classes; the verdict is cached); ``load`` returns a ``harness.api.SegSamples`` whose ``layout``
+lets mmseg's ``BaseSegDataset`` read the very same files.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from harness import Dataset, HarnessError, Option
+from harness.api import Dataset, HarnessError, Option
 from harness.api import SegSamples
 
 from ._common import expand, need_dir
-
-#: label maps read at validation to check their mode and values
-CHECKED_AT_VALIDATION = 8
+from .label_maps import check_label_maps
 
 
 def _stems(folder: Path, suffix: str) -> dict[str, Path]:
@@ -50,23 +46,6 @@ def pair_files(img_dir: Path, ann_dir: Path, img_suffix: str = ".jpg", seg_suffi
     return stems, [str(imgs[s]) for s in stems], [str(anns[s]) for s in stems]
 
 
-def check_label_map(path: str, num_classes: int, reduce_zero_label: bool = True) -> None:
-    """One-line error unless ``path`` is a single-channel index PNG with labels <= C (255 allowed)."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            arr = np.asarray(im) if mode in ("L", "P", "I", "I;16") else None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise HarnessError(f"{path}: unreadable label map ({type(exc).__name__}: {exc})") from None
-    if arr is None:
-        raise HarnessError(f"{path}: label map has mode {mode}; expected a single-channel index PNG (mode L or P)")
-    top = int(arr.max()) if arr.size else 0
-    limit = num_classes if reduce_zero_label else num_classes - 1
-    if top > limit and top != 255:
-        raise HarnessError(f"{path}: label {top} > {limit} ({num_classes} classes"
-                           f"{', 0 = ignored background' if reduce_zero_label else ''})")
-
-
 def read_classes_file(path) -> list[str]:
     p = expand(path)
     names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -75,16 +54,19 @@ def read_classes_file(path) -> list[str]:
     return names
 
 
+#: the paper authors' releases (ADE20K-Part, Pascal-Part/-Object, LIP): img/{train,val}, ann/{train,val}
+RELEASE_LAYOUT = {"train": ("img/train", "ann/train"), "val": ("img/val", "ann/val")}
+
+
 class SegFolderDataset(Dataset):
     """Base of the folder-convention segmentation datasets. Subclasses set ``folders`` {split: (image dir,
-    label dir)} relative to the root, ``classes`` (names, or None for numbered names), ``num_classes``,
-    ``defaults`` (official geometry) and ``level``/``hierarchy`` (object or part, and the family that
-    pairs them, for the object-vs-part figure)."""
+    label dir)} relative to the root, ``classes`` (names, or None for names numbered after the ``level``:
+    part_001, ...), ``num_classes``, ``defaults`` (official geometry) and ``level``/``hierarchy`` (object
+    or part, and the family that pairs them, for the object-vs-part figure)."""
 
-    folders: dict[str, tuple[str, str]] = {}
+    folders: dict[str, tuple[str, str]] = RELEASE_LAYOUT
     classes: Sequence[str] | None = None
     num_classes: int = 0
-    class_prefix = "class"
     defaults: dict = {}
     img_suffix, seg_suffix = ".jpg", ".png"
     options = {
@@ -107,7 +89,7 @@ class SegFolderDataset(Dataset):
         if self.classes is not None:
             return list(self.classes)
         width = len(str(self.num_classes))
-        return [f"{self.class_prefix}_{k:0{width}d}" for k in range(1, self.num_classes + 1)]
+        return [f"{self.level or 'class'}_{k:0{width}d}" for k in range(1, self.num_classes + 1)]
 
     def _dirs(self, split: str) -> tuple[Path, Path]:
         if split not in self.folders:
@@ -119,12 +101,7 @@ class SegFolderDataset(Dataset):
 
     def check_split(self, split: str) -> None:
         super().check_split(split)
-        img_dir, ann_dir = self._dirs(split)
-        _, _, labels = pair_files(img_dir, ann_dir, self.img_suffix, self.seg_suffix)
-        n = self.num_classes
-        for path in labels[:CHECKED_AT_VALIDATION]:
-            check_label_map(path, n)
-        self.class_names()
+        check_label_maps(self.load(split), f"{self.name} {split}: checking label maps")
 
     def load(self, split: str) -> SegSamples:
         img_dir, ann_dir = self._dirs(split)

@@ -36,7 +36,8 @@ import colorsys
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from .synthetic_drawing import background, finish, object_box, paint, solid
 
 PART_TYPES = ["disc", "ring", "bar", "tee"]
 _C, _S = math.cos(math.pi / 6), math.sin(math.pi / 6)
@@ -96,7 +97,7 @@ def _texture(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray):
     else:  # checker
         sel = (np.floor(xx / per + ph[0]) + np.floor(yy / per + ph[1])) % 2 == 0
     if sel is None:
-        return lambda m: np.broadcast_to(a, (int(m.sum()), 3))
+        return solid(a)
     return lambda m: np.where(sel[m][:, None], a, b)
 
 
@@ -115,9 +116,8 @@ def _shape(kind: str, r: float, angle: float, n: int = 48) -> tuple[np.ndarray, 
     raise ValueError(kind)
 
 
-def render(rng: np.random.Generator, size: int, background):
-    """One image of the objects family (see the module docstring); ``background(rng, size, xx, yy)``
-    draws the shared birds background."""
+def render(rng: np.random.Generator, size: int):
+    """One image of the objects family (see the module docstring), on the birds' background."""
     H = W = size
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     img = background(rng, size, xx, yy)
@@ -137,15 +137,6 @@ def render(rng: np.random.Generator, size: int, background):
 
     labels = np.zeros((H, W), np.uint8)
 
-    def paint(poly_px, colour_fn, lab, hole_px=None):
-        m = Image.new("L", (W, H), 0)
-        ImageDraw.Draw(m).polygon([tuple(p) for p in poly_px], fill=255)
-        if hole_px is not None:  # what lies under the hole (arm, background) stays visible and labelled
-            ImageDraw.Draw(m).polygon([tuple(p) for p in hole_px], fill=0)
-        mask = np.asarray(m) > 0
-        img[mask] = colour_fn(mask)
-        labels[mask] = lab
-
     # part centres: the slot direction at distance ~R, slightly jittered
     centres = {}
     for slot in SLOTS:
@@ -159,13 +150,13 @@ def render(rng: np.random.Generator, size: int, background):
         if part in centres:
             p1 = np.asarray(centres[part])
             n = np.array([-p1[1], p1[0]]) / (np.hypot(*p1) + 1e-9) * ARM_WIDTH / 2
-            paint(to_pixels([n, p1 + n, p1 - n, -n]), lambda m: np.broadcast_to(arm_rgb, (int(m.sum()), 3)), 1)
+            paint(img, labels, to_pixels([n, p1 + n, p1 - n, -n]), solid(arm_rgb), 1)
     hr = HUB_RADIUS * rng.uniform(0.85, 1.15, 2)
     t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     rot = rng.uniform(0, np.pi)
     hub = np.stack([hr[0] * np.cos(t), hr[1] * np.sin(t)], 1) @ np.array(
         [[math.cos(rot), math.sin(rot)], [-math.sin(rot), math.cos(rot)]])
-    paint(to_pixels(hub), hub_fill, 1)
+    paint(img, labels, to_pixels(hub), hub_fill, 1)
     for part in PART_TYPES:
         if part in centres:
             r = PART_EXTENT * rng.uniform(0.85, 1.15)
@@ -176,16 +167,13 @@ def render(rng: np.random.Generator, size: int, background):
             else:  # disc and ring look the same at any angle; the draw keeps version 2's random stream
                 angle = rng.uniform(0, 2 * np.pi)
             outline, hole = _shape(part, r, angle)
-            paint(to_pixels(outline + centre), _texture(rng, xx, yy), SEG_PARTS.index(part),
+            paint(img, labels, to_pixels(outline + centre), _texture(rng, xx, yy), SEG_PARTS.index(part),
                   None if hole is None else to_pixels(hole + centre))
 
-    img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 8, img.shape)
-    rgb = img.clip(0, 255).astype(np.uint8)
+    rgb = finish(rng, img)
     kps = {}
     for name, p in [("hub", (0.0, 0.0)), *[(k, centres[k]) for k in PART_TYPES if k in centres]]:
         x, y = to_pixels(p)[0]
         kps[name] = (float(round(x, 1)), float(round(y, 1)), bool(0 <= x < W and 0 <= y < H))
-    obj = labels > 0
-    ys, xs = np.nonzero(obj)
-    bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    obj, bbox = object_box(labels)
     return rgb, labels, {"label": label, "keypoints": kps, "bbox": bbox, "object_mask": obj}

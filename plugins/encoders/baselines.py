@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from harness import Encoder, HarnessError, Option, hookimpl
-from harness.compat import import_timm
+from harness.api import Encoder, HarnessError, Option, hookimpl
+from harness.api import import_timm
 
 from .encoder_bases import TokenEncoder, seeded, with_defaults
 from .vit_architecture import Arch, Backbone, build_model
@@ -91,11 +91,7 @@ class Pixels(Encoder):
         self.device = device
 
     def forward(self, x: torch.Tensor, reps: Sequence[str]) -> dict:
-        bad = [r for r in reps if r not in self.representations]
-        if bad:
-            raise HarnessError(f"encoder '{self.name}' (pixels): unsupported representation(s) "
-                               f"{', '.join(bad)}; available: {', '.join(self.representations)}")
-        x = x.to(self.device, dtype=torch.float32)
+        # forward, not forward_intermediates: cls/mean_patch pool the image at another resolution than the tokens
         out = {}
         if "cls" in reps or "mean_patch" in reps:
             g = self.opts["grid"]

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from harness import hookimpl
+from harness.api import hookimpl
 
-from .checkpoint_reading import count_by_prefix
 from .encoder_bases import CheckpointEncoder, Split
 from .vit_architecture import rel_pos_index
 
@@ -36,13 +35,9 @@ class BEiT(CheckpointEncoder):
                 "blocks.* with q_bias/v_bias and 'rel_pos_bias.relative_position_bias_table')")
 
     def split(self, obj) -> Split:
-        sd = self.require_dict(obj, "model")
-        if any(k.startswith("encoder.") for k in sd):
-            raise self.wrong_layout(obj, "keys start with 'encoder.'")
+        sd = self.pretrain_state_dict(obj, "it has a classifier head: a fine-tuned model, not a pretrain checkpoint")
         if "blocks.0.attn.qkv.weight" in sd and "blocks.0.attn.q_bias" not in sd:
             raise self.wrong_layout(obj, "attention has no q_bias/v_bias")
-        if any(k.startswith("head.") or k.startswith("fc_norm.") for k in sd):
-            raise self.wrong_layout(obj, "it has a classifier head: a fine-tuned model, not a pretrain checkpoint")
         index_keys = [k for k in sd if k.endswith("relative_position_index")]
         table = sd.get("rel_pos_bias.relative_position_bias_table")
         for k in index_keys:
@@ -52,11 +47,7 @@ class BEiT(CheckpointEncoder):
             g = (side + 1) // 2
             if not torch.equal(sd[k].long(), rel_pos_index(g, g)):
                 raise self.wrong_layout(obj, f"'{k}' differs from BEiT's relative position index")
-        ignored_keys = [k for k in sd if k.startswith(_IGNORED) or k in index_keys]
-        backbone = {k: v for k, v in sd.items() if k not in set(ignored_keys)}
-        ignored = count_by_prefix(ignored_keys, depth=1)
-        ignored.update({f"checkpoint['{k}']": 1 for k in obj if k != "model"})
-        return Split(backbone=backbone, ignored=ignored, source="checkpoint['model']")
+        return self.split_off(obj, sd, lambda k: k.startswith(_IGNORED) or k in index_keys, key="model")
 
 
 @hookimpl

@@ -12,7 +12,7 @@ LayerNorm eps: official CAE builds the model with eps 1e-6 (default here); the p
 """
 from __future__ import annotations
 
-from harness import Option, hookimpl
+from harness.api import Option, hookimpl
 
 from .checkpoint_reading import count_by_prefix, strip_prefix
 from .encoder_bases import CheckpointEncoder, Split

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from harness import HarnessError
+from harness.api import HarnessError
 
 # Globals the official training checkpoints pickle besides tensors (DINO/iBOT store their argparse
 # ``args``). Allowing this one plain-data class keeps ``weights_only=True`` usable on the full files.

@@ -34,11 +34,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from harness import HarnessError, Option, hookimpl
+from harness.api import HarnessError, Option, hookimpl
 
 from .checkpoint_reading import count_by_prefix, is_state_dict, is_torchscript
 from .encoder_bases import Split
-from .weight_files import FamilyArch, LayoutProblem, ReleasedWeightsEncoder, check_heads, resample_grid
+from .vit_architecture import LayoutError, capture_blocks
+from .weight_files import FamilyArch, ReleasedWeightsEncoder, check_heads, resample_grid
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -47,7 +48,7 @@ RELEASED_HEADS = {768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}  # B, L, H (8
 
 def import_open_clip():
     """open_clip (imports timm/torchvision: the compat fix runs first), or a one-line install hint."""
-    from harness.compat import import_timm
+    from harness.api import import_timm
 
     import_timm()
     try:
@@ -126,14 +127,14 @@ class CLIP(ReleasedWeightsEncoder):
     def infer(self, sd: dict) -> FamilyArch:
         w, pos = sd["conv1.weight"], sd.get("positional_embedding")
         if w.ndim != 4 or not isinstance(pos, torch.Tensor) or pos.ndim != 2:
-            raise LayoutProblem("'visual.conv1.weight' / 'visual.positional_embedding' have unexpected shapes")
+            raise LayoutError("'visual.conv1.weight' / 'visual.positional_embedding' have unexpected shapes")
         width, p = int(w.shape[0]), int(w.shape[-1])
         depth = 0
         while f"transformer.resblocks.{depth}.ln_1.weight" in sd:
             depth += 1
         g = math.isqrt(pos.shape[0] - 1)
         if not depth or g * g != pos.shape[0] - 1:
-            raise LayoutProblem("no residual blocks or a position table that is not 1 + a square grid")
+            raise LayoutError("no residual blocks or a position table that is not 1 + a square grid")
         fc = sd.get("transformer.resblocks.0.mlp.c_fc.weight")
         quick_gelu, why = self.activation()
         extra = {"output_dim": int(sd["proj"].shape[1]),
@@ -173,20 +174,14 @@ class CLIP(ReleasedWeightsEncoder):
             [pe[:1], resample_grid(pe[None, 1:], g, (gh, gw), size=(gh, gw), mode="bicubic", antialias=True,
                                    align_corners=False)[0]], dim=0))
 
-    def run(self, x: torch.Tensor, block_ids: Sequence[int], final: bool):
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int], final: bool = True):
         m = self.model
         t = m.conv1(x)
         gh, gw = t.shape[-2:]
         t = t.flatten(2).transpose(1, 2)
         cls = m.class_embedding.to(t.dtype).view(1, 1, -1).expand(t.shape[0], -1, -1)
         t = m.ln_pre(torch.cat([cls, t], dim=1) + self.pos_embed(gh, gw).to(t.dtype))
-        wanted = set(block_ids)
-        last = len(m.transformer.resblocks) - 1 if final else max(wanted, default=-1)
-        blocks = {}
-        for i, blk in enumerate(m.transformer.resblocks[:last + 1]):
-            t = blk(t)
-            if i in wanted:
-                blocks[i] = t
+        t, blocks = capture_blocks(m.transformer.resblocks, t, indices, final)
         return (m.ln_post(t) if final else None), blocks
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:

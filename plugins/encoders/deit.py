@@ -13,7 +13,7 @@ would be 0.5/0.5; override ``mean``/``std`` in the spec to change that).
 """
 from __future__ import annotations
 
-from harness import Option, hookimpl
+from harness.api import Option, hookimpl
 
 from .checkpoint_reading import count_by_prefix, is_state_dict
 from .encoder_bases import CheckpointEncoder, Split

@@ -14,7 +14,7 @@ Linear(2048,256), L2-normalise, weight-normalised Linear(256,65536, no bias) wit
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .checkpoint_reading import is_state_dict
 from .dino_family import DINOLike

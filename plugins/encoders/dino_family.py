@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import HarnessError, Option
+from harness.api import HarnessError, Option
 
 from .checkpoint_reading import count_by_prefix, is_state_dict, map_weight_norm_keys, strip_prefix
 from .encoder_bases import CheckpointEncoder, Split

@@ -20,7 +20,6 @@ kludge kept from DINO for the released models), with registers ``interpolate_off
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Sequence
 
@@ -28,15 +27,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import Option, hookimpl
-from harness.compat import import_timm
+from harness.api import Option, hookimpl
+from harness.api import import_timm
 
 from .checkpoint_reading import is_state_dict
 from .encoder_bases import Split
-from .weight_files import (FamilyArch, LayoutProblem, ReleasedWeightsEncoder, check_heads, fixed_width_mlp,
-                           resample_grid)
-
-_BLOCK = "blocks.{}."
+from .vit_architecture import LayoutError, capture_blocks, drop_tokens
+from .weight_files import (FamilyArch, ReleasedWeightsEncoder, check_heads, fixed_width_mlp, resample_grid,
+                           vit_shapes)
 
 
 class SwiGLUFFN(nn.Module):
@@ -101,33 +99,24 @@ class DINOv2(ReleasedWeightsEncoder):
         return Split(backbone=sd, ignored={"mask_token": 1}, source="state dict (raw)")
 
     def infer(self, sd: dict) -> FamilyArch:
-        w = sd.get("patch_embed.proj.weight")
-        if not isinstance(w, torch.Tensor) or w.ndim != 4:
-            raise LayoutProblem("no patch embedding 'patch_embed.proj.weight'")
-        dim, p = int(w.shape[0]), int(w.shape[-1])
-        depth = 0
-        while _BLOCK.format(depth) + "norm1.weight" in sd:
-            depth += 1
-        if depth == 0:
-            raise LayoutProblem("no blocks 'blocks.0.norm1.weight' (block-chunked training files are not released)")
-        if _BLOCK.format(0) + "ls1.gamma" not in sd:
-            raise LayoutProblem("no layer scale 'blocks.0.ls1.gamma'")
-        pos = sd.get("pos_embed")
-        m = math.isqrt(pos.shape[1] - 1) if isinstance(pos, torch.Tensor) else 0
-        if not m or m * m != pos.shape[1] - 1:
-            raise LayoutProblem("'pos_embed' is not 1 + a square grid")
+        if "blocks.0.0.norm1.weight" in sd:
+            raise LayoutError("block-chunked blocks 'blocks.<chunk>.<i>.*' (a training file; the released "
+                              "backbones are not chunked)")
+        v = vit_shapes(sd, cls_slot=True)
+        if "blocks.0.ls1.gamma" not in sd:
+            raise LayoutError("no layer scale 'blocks.0.ls1.gamma'")
         if "blocks.0.mlp.w12.weight" in sd:
             ffn, hidden = "swiglu", int(sd["blocks.0.mlp.w3.weight"].shape[1])
         else:
-            ffn, hidden = "mlp", int(sd["blocks.0.mlp.fc1.weight"].shape[0])
+            ffn, hidden = "mlp", v.mlp_hidden
         regs = int(sd["register_tokens"].shape[1]) if "register_tokens" in sd else 0
-        heads = check_heads(self.path, dim, self.opts.get("num_heads"))
+        heads = check_heads(self.path, v.width, self.opts.get("num_heads"))
         offset = self.opts.get("interpolate_offset")
         antialias = self.opts.get("interpolate_antialias")
         extra = {"registers": regs, "ffn": ffn, "mlp_hidden": hidden,
                  "interpolate_offset": (0.0 if regs else 0.1) if offset is None else float(offset),
                  "interpolate_antialias": bool(regs) if antialias is None else bool(antialias)}
-        return FamilyArch("dinov2", dim, depth, heads, p, (m, m), extra)
+        return FamilyArch("dinov2", v.width, v.depth, heads, v.patch, (v.grid, v.grid), extra)
 
     def build(self, arch: FamilyArch) -> nn.Module:
         return DinoV2Model(arch)
@@ -147,7 +136,7 @@ class DINOv2(ReleasedWeightsEncoder):
             return torch.cat([pe[:, :1], patch], dim=1)
         return self.cached(("pos", gh, gw, pe.device, pe.dtype), make)
 
-    def run(self, x: torch.Tensor, block_ids: Sequence[int], final: bool):
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int], final: bool = True):
         m = self.model
         t = m.patch_embed.proj(x)
         gh, gw = t.shape[-2:]
@@ -156,18 +145,9 @@ class DINOv2(ReleasedWeightsEncoder):
         r = 0 if m.register_tokens is None else m.register_tokens.shape[1]
         if r:
             t = torch.cat([t[:, :1], m.register_tokens.expand(t.shape[0], -1, -1).to(t.dtype), t[:, 1:]], dim=1)
-
-        def drop_registers(y):
-            return torch.cat([y[:, :1], y[:, 1 + r:]], dim=1) if r else y
-
-        wanted = set(block_ids)
-        last = len(m.blocks) - 1 if final else max(wanted, default=-1)
-        blocks = {}
-        for i, blk in enumerate(m.blocks[:last + 1]):
-            t = blk(t)
-            if i in wanted:
-                blocks[i] = drop_registers(t)
-        return (drop_registers(m.norm(t)) if final else None), blocks
+        t, blocks = capture_blocks(m.blocks, t, indices, final)
+        blocks = {i: drop_tokens(b, 1, r) for i, b in blocks.items()}  # registers dropped, CLS kept
+        return (drop_tokens(m.norm(t), 1, r) if final else None), blocks
 
 
 @hookimpl

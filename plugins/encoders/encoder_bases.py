@@ -1,10 +1,12 @@
 """Encoder base classes of the ViT-family plugins.
 
-``TokenEncoder``: an encoder whose model returns a CLS-first token sequence; ``forward`` is a pure function
-of the batch (the core's executor does loading, device, inference mode and autocast) that asks the model's
-``forward_intermediates`` for the final-norm tokens and the raw block outputs it needs.
+``TokenEncoder``: an encoder whose model (``self.backbone``, set in ``load``) yields the CLS-first token
+sequence through ``forward_intermediates`` (the core's one forward, ``harness.execution.Executor``, derives
+the named representations from it and does loading, device, inference mode and autocast).
+``FileWeights``: the weights' file SHA-256 in the identity (cache keys).
 ``CheckpointEncoder``: an official checkpoint read with a method-specific key mapping (``split``), its
-architecture read off the tensors, loaded strictly; the method plugins subclass it.
+architecture read off the tensors (``infer``), the module built (``build``) and loaded strictly; the paper's
+seven methods subclass it directly, the later families through ``weight_files.ReleasedWeightsEncoder``.
 """
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from harness import Encoder, HarnessError, Option, file_sha256
+from harness.api import Encoder, HarnessError, Option, file_sha256
 
-from .checkpoint_reading import NeedsUnpickling, guess_layout, load_strict, read_checkpoint
-from .vit_architecture import Arch, Backbone, LayoutError, build_model, infer_arch
+from .checkpoint_reading import NeedsUnpickling, count_by_prefix, guess_layout, load_strict, read_checkpoint
+from .vit_architecture import Backbone, LayoutError, build_model, infer_arch
 
 
 def with_defaults(cls: type, opts: dict) -> dict:
@@ -31,65 +33,45 @@ def with_defaults(cls: type, opts: dict) -> dict:
     return full
 
 
-def select_representations(reps, tokens: torch.Tensor, block, project=None) -> dict:
-    """The named representations from final-norm ``tokens`` [B,1+N,D] (CLS first); ``block(i)`` returns
-    the raw output of block i, ``project(tokens)`` the projection head's output."""
-    out = {}
-    for r in reps:
-        if r == "cls":
-            out[r] = tokens[:, 0]
-        elif r == "mean_patch":
-            out[r] = tokens[:, 1:].mean(dim=1)  # CLS excluded, as the official extract()
-        elif r == "tokens":
-            out[r] = tokens
-        elif r == "projected" and project is not None:
-            out[r] = project(tokens)
-        elif r.startswith("block."):
-            out[r] = block(int(r.split(".", 1)[1]))
-        else:
-            raise HarnessError(f"unsupported representation '{r}'")
-    return out
-
-
 class TokenEncoder(Encoder):
     """An encoder whose model yields a token sequence with the CLS token first.
 
-    Subclasses set ``self.backbone`` in ``load``: a module with ``forward_intermediates(x, block_ids,
-    final=True)`` returning (tokens after the final norm [B,1+N,D] or None when ``final`` is False,
-    {i: raw output of block i [B,1+N,D]}), e.g. a ``Backbone``. With a projection head they implement
-    ``project(tokens)`` (tokens after the final norm -> [B, P]).
+    Subclasses set ``self.backbone`` in ``load``: a module with ``forward_intermediates(x, indices,
+    final=True)`` in the contract of ``harness.api.Encoder.forward_intermediates``, e.g. a ``Backbone``
+    (or override ``forward_intermediates``). With a projection head they implement ``project(tokens)``.
     """
 
     representations = ("cls", "mean_patch", "tokens", "blocks")
 
     def __init__(self, name: str, **opts: Any):
         super().__init__(name, **with_defaults(type(self), opts))
-        self.backbone: Backbone | None = None
+        self.backbone: nn.Module | None = None
         self.device = "cpu"
 
-    def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        raise HarnessError(f"encoder '{self.name}' has no projection head")
-
-    def _check_reps(self, reps: Sequence[str]) -> None:
-        bad = [r for r in reps if not self.supports(r)]
-        if bad:
-            n = f" ({self.num_blocks} blocks)" if self.num_blocks is not None else ""
-            raise HarnessError(f"encoder '{self.name}': unsupported representation(s) {', '.join(bad)}; "
-                               f"available: {', '.join(self.representations)}{n}")
-
-    def forward(self, x: torch.Tensor, reps: Sequence[str]) -> dict:
-        if self.backbone is None:
-            raise HarnessError(f"encoder '{self.name}' is not loaded: call load(device) first "
-                               "(harness.execution.Executor does it)")
-        self._check_reps(reps)
-        block_ids = sorted(int(r.split(".", 1)[1]) for r in reps if r.startswith("block."))
-        final = any(not r.startswith("block.") for r in reps)
-        tokens, blocks = self.backbone.forward_intermediates(x, block_ids, final=final)
-        return select_representations(reps, tokens, blocks.__getitem__, self.project)
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int], final: bool = True):
+        return self.backbone.forward_intermediates(x, indices, final=final)
 
     def _place(self, device: str) -> None:
         self.device = device
         self.backbone.to(device).eval().requires_grad_(False)
+
+
+class FileWeights:
+    """Mixin (before the Encoder base) for an encoder whose weights are one file, ``path`` (default: the
+    ``checkpoint`` option): the file's SHA-256 is part of its identity, so other weights never share a cache."""
+
+    _sha: str | None = None
+
+    @property
+    def path(self) -> str:
+        return str(self.opts["checkpoint"])
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        if self._sha is None:
+            self._sha = file_sha256(str(self.path))
+        ident["checkpoint_sha256"] = self._sha
+        return ident
 
 
 @dataclass
@@ -102,11 +84,13 @@ class Split:
     source: str = ""  # which part of the file was read, e.g. "checkpoint['teacher']"
 
 
-class CheckpointEncoder(TokenEncoder):
+class CheckpointEncoder(FileWeights, TokenEncoder):
     """An official ViT checkpoint read with a method-specific key mapping, loaded strictly.
 
     Subclasses set ``method`` (display name), ``expected`` (what its files look like, for errors),
     ``family``/``ln_eps``, implement ``split(obj)`` and, if they have a head, ``build_head`` + ``project``.
+    Families with their own module override ``read``, ``infer``, ``build``, ``wrap`` and
+    ``forward_intermediates`` (``weight_files.ReleasedWeightsEncoder``).
     """
 
     method = "?"
@@ -114,7 +98,7 @@ class CheckpointEncoder(TokenEncoder):
     family = "vit"
     ln_eps = 1e-6
     pos_resample = "size"  # the position-table resampling of the method's own code (vit_architecture.Arch)
-    has_head = False  # the method defines a projection head (the file may still lack it)
+    has_head = False  # the method defines a projection head in the file (Split.head; the file may still lack it)
 
     options = {
         "checkpoint": Option(str, help="path of the official checkpoint file", path="file"),
@@ -128,17 +112,37 @@ class CheckpointEncoder(TokenEncoder):
 
     def __init__(self, name: str, **opts: Any):
         super().__init__(name, **opts)
-        self._peeked: tuple[Split, Arch] | None = None
+        self._peeked: tuple[Split, Any] | None = None
+        self.model: nn.Module | None = None  # the loaded module (the paper's seven: wrapped in ``backbone``)
         self.head: nn.Module | None = None
-        self.arch: Arch | None = None
+        self.arch = None
         self.load_report: dict = {}
-        self._sha: str | None = None
+        self._cache: dict[tuple, torch.Tensor] = {}
         self._unpickle = False  # only load() may unpickle a weights_only: false file (it runs the file's code)
         self._deferred_warned = False
 
     # -- subclass API ---------------------------------------------------------------------------
     def split(self, obj: Any) -> Split:
         raise NotImplementedError
+
+    def read(self) -> Any:
+        """The object the file holds (memory-mapped where possible)."""
+        return read_checkpoint(self.path, weights_only=self.opts.get("weights_only", True), expected=self.expected,
+                               unpickle=self._unpickle)
+
+    def infer(self, sd: dict):
+        """The architecture read off the mapped backbone tensors; LayoutError (the reason) when they are not
+        this family's."""
+        arch = infer_arch(sd, self.family, num_heads=self.opts.get("num_heads"), ln_eps=self.ln_eps, where=self.path)
+        return dataclasses.replace(arch, pos_resample=self.pos_resample)
+
+    def build(self, arch) -> nn.Module:
+        """The module the mapped backbone state dict loads into (weights randomly initialised)."""
+        return build_model(arch)
+
+    def wrap(self, model: nn.Module, arch) -> nn.Module | None:
+        """``self.backbone`` for the loaded module: our forward over timm's ViT/Beit modules."""
+        return Backbone(model, arch)
 
     def build_head(self, sd: dict) -> nn.Module:
         raise NotImplementedError
@@ -147,10 +151,6 @@ class CheckpointEncoder(TokenEncoder):
         return self.has_head
 
     # -- helpers ---------------------------------------------------------------------------------
-    @property
-    def path(self) -> str:
-        return str(self.opts["checkpoint"])
-
     def wrong_layout(self, obj: Any, why: str = "") -> HarnessError:
         extra = f" ({why})" if why else ""
         article = "an" if self.method[:1].lower() in "aeiou" or self.method.startswith(("MAE", "iBOT")) else "a"
@@ -166,21 +166,37 @@ class CheckpointEncoder(TokenEncoder):
             raise self.wrong_layout(obj, f"no '{key}' entry")
         return obj[key]
 
-    def _peek(self) -> tuple[Split, Arch]:
+    def pretrain_state_dict(self, obj: Any, why: str) -> dict:
+        """``obj['model']`` of a pretrain-only file (BEiT, MAE), refused when its keys carry the ``encoder.``
+        prefix (CAE's layout) or a classifier ``head.*``/``fc_norm.*`` (a fine-tuned or supervised model: ``why``)."""
+        sd = self.require_dict(obj, "model")
+        if any(k.startswith("encoder.") for k in sd):
+            raise self.wrong_layout(obj, "keys start with 'encoder.'")
+        if any(k.startswith(("head.", "fc_norm.")) for k in sd):
+            raise self.wrong_layout(obj, why)
+        return sd
+
+    def split_off(self, obj: dict, sd: dict, ignore, *, key: str, depth: int = 1) -> Split:
+        """The Split of state dict ``sd`` = ``obj[key]``: the keys for which ``ignore(k)`` holds are left out
+        (counted by prefix, ``depth`` levels), and so are the other top-level entries of ``obj``."""
+        ignored_keys = [k for k in sd if ignore(k)]
+        ignored = count_by_prefix(ignored_keys, depth=depth)
+        ignored.update({f"checkpoint['{k}']": 1 for k in obj if k != key})
+        dropped = set(ignored_keys)
+        return Split(backbone={k: v for k, v in sd.items() if k not in dropped}, ignored=ignored,
+                     source=f"checkpoint['{key}']")
+
+    def _peek(self) -> tuple[Split, Any]:
         """Read and map the file once (memory-mapped where possible); validation errors surface here."""
         if self._peeked is None:
-            obj = read_checkpoint(self.path, weights_only=self.opts.get("weights_only", True),
-                                  expected=self.expected, unpickle=self._unpickle)
+            obj = self.read()
             sp = self.split(obj)
             try:
-                arch = infer_arch(sp.backbone, self.family, num_heads=self.opts.get("num_heads"),
-                                  ln_eps=self.ln_eps, where=self.path)
-                arch = dataclasses.replace(arch, pos_resample=self.pos_resample)
+                arch = self.infer(sp.backbone)
             except LayoutError as exc:
                 raise self.wrong_layout(obj, str(exc)) from None
             self._peeked = (sp, arch)
-            self.num_blocks = arch.depth
-            self.embed_dim, self.patch_size = arch.embed_dim, arch.patch_size
+            self.num_blocks, self.embed_dim, self.patch_size = arch.depth, arch.embed_dim, arch.patch_size
         return self._peeked
 
     def peek_or_defer(self) -> bool:
@@ -203,51 +219,54 @@ class CheckpointEncoder(TokenEncoder):
     def supports(self, rep: str) -> bool:
         if not self.peek_or_defer():
             return super().supports(rep)
-        if rep == "projected":
-            return self.has_head and self._peeked[0].head is not None and self.wants_head()
+        if rep == "projected" and self.has_head:
+            return self._peeked[0].head is not None and self.wants_head()
         return super().supports(rep)
 
     def identity(self) -> dict:
         ident = super().identity()
-        if self._sha is None:
-            self._sha = file_sha256(self.path)
-        ident["checkpoint_sha256"] = self._sha
         if self.pos_resample != "size":  # features at other sizes depend on it (DINO/iBOT since 2026-11)
             ident["pos_resample"] = self.pos_resample
         return ident
 
     def load(self, device: str = "cpu") -> None:
-        if self.backbone is not None:
-            self._place(device)
-            return
-        self._unpickle = True
-        sp, arch = self._peek()
-        strict = self.opts.get("strict", True)
-        with seeded(0):  # non-strict loads leave missing weights at a reproducible random init
-            model = build_model(arch)
-        report = {"source": sp.source, "architecture": arch.describe(),
-                  "ignored": dict(sp.ignored)}
-        bb = load_strict(model, sp.backbone, strict=strict, where=self.path,
-                         what=f"{self.method} backbone ({arch.describe()})")
-        report.update(missing=bb["missing"], unexpected=bb["unexpected"])
-        if sp.head is not None and self.wants_head():
-            with seeded(0):
-                head = self.build_head(sp.head)
-            hd = load_strict(head, sp.head, strict=strict, where=self.path, what=f"{self.method} projection head")
-            report["missing"] += [f"head: {k}" for k in hd["missing"]]
-            report["unexpected"] += [f"head: {k}" for k in hd["unexpected"]]
-            self.head = head.eval().requires_grad_(False)
-        self.arch = arch
-        self.backbone = Backbone(model, arch)
-        self.load_report = report
-        self._peeked = (Split(backbone={}, head=None if sp.head is None else {}, ignored=sp.ignored,
-                              source=sp.source), arch)  # drop the tensors (memory map) but keep the facts
+        if self.model is None:
+            self._unpickle = True
+            sp, arch = self._peek()
+            strict = self.opts.get("strict", True)
+            with seeded(0):  # non-strict loads leave missing weights at a reproducible random init
+                model = self.build(arch)
+            bb = load_strict(model, sp.backbone, strict=strict, where=self.path,
+                             what=f"{self.method} backbone ({arch.describe()})")
+            report = {"source": sp.source, "architecture": arch.describe(), "ignored": dict(sp.ignored),
+                      "missing": bb["missing"], "unexpected": bb["unexpected"]}
+            if sp.head is not None and self.wants_head():
+                with seeded(0):
+                    head = self.build_head(sp.head)
+                hd = load_strict(head, sp.head, strict=strict, where=self.path, what=f"{self.method} projection head")
+                report["missing"] += [f"head: {k}" for k in hd["missing"]]
+                report["unexpected"] += [f"head: {k}" for k in hd["unexpected"]]
+                self.head = head.eval().requires_grad_(False)
+            self.model = model.float()  # released fp16 tensors (OpenAI CLIP) run in float32, autocast aside
+            self.arch = arch
+            self.backbone = self.wrap(self.model, arch)
+            self.load_report = report
+            self._peeked = (Split(backbone={}, head=None if sp.head is None else {}, ignored=sp.ignored,
+                                  source=sp.source), arch)  # drop the tensors (memory map) but keep the facts
         self._place(device)
 
     def _place(self, device: str) -> None:
-        super()._place(device)
+        self.device = device
+        self._cache.clear()
+        self.model.to(device).eval().requires_grad_(False)
         if self.head is not None:
             self.head.to(device)
+
+    def cached(self, key: tuple, make) -> torch.Tensor:
+        """A per-input-size tensor (resampled position table) computed once per device."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
 
 class seeded:

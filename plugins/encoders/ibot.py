@@ -12,7 +12,7 @@ patch branch ``last_layer2`` (shared with ``last_layer`` or separate) is ignored
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
 from .dino_family import DINOLike
 

@@ -19,20 +19,20 @@ size (``align_corners=False``, no antialias; timm's I-JEPA models would antialia
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from harness import Option, hookimpl
-from harness.compat import import_timm
+from harness.api import Option, hookimpl
+from harness.api import import_timm
 
 from .checkpoint_reading import is_state_dict
 from .encoder_bases import Split
-from .weight_files import (FamilyArch, LayoutProblem, ReleasedWeightsEncoder, check_heads, fixed_width_mlp,
-                           resample_grid)
+from .vit_architecture import capture_blocks
+from .weight_files import (FamilyArch, ReleasedWeightsEncoder, check_heads, fixed_width_mlp, resample_grid,
+                           vit_shapes)
 
 _NETWORKS = ("encoder", "target_encoder")
 # heads of the released encoders (src/models/vision_transformer.py): ViT-H 1280 and ViT-g 1408 use 16
@@ -66,22 +66,9 @@ class IJEPA(ReleasedWeightsEncoder):
         return Split(backbone=backbone, ignored=ignored, source=f"checkpoint['{net}'], prefix '{prefix}'")
 
     def infer(self, sd: dict) -> FamilyArch:
-        w = sd.get("patch_embed.proj.weight")
-        if not isinstance(w, torch.Tensor) or w.ndim != 4:
-            raise LayoutProblem("no patch embedding 'patch_embed.proj.weight'")
-        if "cls_token" in sd:
-            raise LayoutProblem("it has a 'cls_token'")
-        dim, p = int(w.shape[0]), int(w.shape[-1])
-        depth = 0
-        while f"blocks.{depth}.norm1.weight" in sd:
-            depth += 1
-        pos = sd.get("pos_embed")
-        g = math.isqrt(pos.shape[1]) if isinstance(pos, torch.Tensor) and pos.ndim == 3 else 0
-        if not depth or not g or g * g != pos.shape[1]:
-            raise LayoutProblem("no blocks or 'pos_embed' is not a square grid of patch positions")
-        hidden = int(sd["blocks.0.mlp.fc1.weight"].shape[0]) if "blocks.0.mlp.fc1.weight" in sd else 4 * dim
-        heads = check_heads(self.path, dim, self.opts.get("num_heads"), RELEASED_HEADS)
-        return FamilyArch("ijepa", dim, depth, heads, p, (g, g), {"mlp_hidden": hidden})
+        v = vit_shapes(sd, cls_slot=False)
+        heads = check_heads(self.path, v.width, self.opts.get("num_heads"), RELEASED_HEADS)
+        return FamilyArch("ijepa", v.width, v.depth, heads, v.patch, (v.grid, v.grid), {"mlp_hidden": v.mlp_hidden})
 
     def build(self, arch: FamilyArch) -> nn.Module:
         import_timm()
@@ -101,18 +88,11 @@ class IJEPA(ReleasedWeightsEncoder):
                            lambda: resample_grid(pe, g, (gh, gw), size=(gh, gw), mode="bicubic",
                                                  align_corners=False))
 
-    def run(self, x: torch.Tensor, block_ids: Sequence[int], final: bool):
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int], final: bool = True):
         m = self.model
         t = m.patch_embed.proj(x)
         gh, gw = t.shape[-2:]
-        t = t.flatten(2).transpose(1, 2) + self.pos_embed(gh, gw)
-        wanted = set(block_ids)
-        last = len(m.blocks) - 1 if final else max(wanted, default=-1)
-        blocks = {}
-        for i, blk in enumerate(m.blocks[:last + 1]):
-            t = blk(t)
-            if i in wanted:
-                blocks[i] = t
+        t, blocks = capture_blocks(m.blocks, t.flatten(2).transpose(1, 2) + self.pos_embed(gh, gw), indices, final)
         return (m.norm(t) if final else None), blocks
 
 

@@ -13,12 +13,12 @@ the official MAE does; see docs/encoders.md.
 """
 from __future__ import annotations
 
-from harness import hookimpl
+from harness.api import hookimpl
 
-from .checkpoint_reading import count_by_prefix
 from .encoder_bases import CheckpointEncoder, Split
 
 _NOT_ENCODER = ("decoder_", "mask_token")
+_HEAD = "it has a classifier head/fc_norm: a fine-tuned or supervised model"
 
 
 class MAE(CheckpointEncoder):
@@ -30,16 +30,8 @@ class MAE(CheckpointEncoder):
                 "pos_embed, patch_embed, blocks, norm; no classifier head)")
 
     def split(self, obj) -> Split:
-        sd = self.require_dict(obj, "model")
-        if any(k.startswith("encoder.") for k in sd):
-            raise self.wrong_layout(obj, "keys start with 'encoder.'")
-        if "head.weight" in sd or "fc_norm.weight" in sd:
-            raise self.wrong_layout(obj, "it has a classifier head/fc_norm: a fine-tuned or supervised model")
-        ignored_keys = [k for k in sd if k.startswith(_NOT_ENCODER)]
-        backbone = {k: v for k, v in sd.items() if not k.startswith(_NOT_ENCODER)}
-        ignored = count_by_prefix(ignored_keys)
-        ignored.update({f"checkpoint['{k}']": 1 for k in obj if k != "model"})
-        return Split(backbone=backbone, ignored=ignored, source="checkpoint['model']")
+        return self.split_off(obj, self.pretrain_state_dict(obj, _HEAD), lambda k: k.startswith(_NOT_ENCODER),
+                              key="model")
 
 
 @hookimpl

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from harness import HarnessError, Option, hookimpl
+from harness.api import HarnessError, Option, hookimpl
 
 from .checkpoint_reading import count_by_prefix, strip_prefix
 from .encoder_bases import CheckpointEncoder, Split

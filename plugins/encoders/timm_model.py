@@ -18,18 +18,19 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from harness import HarnessError, Option, file_sha256, hookimpl
-from harness.compat import import_timm
+from harness.api import HarnessError, Option, hookimpl
+from harness.api import import_timm
 
 from .checkpoint_reading import NeedsUnpickling, check_state_dict, guess_layout, is_state_dict, read_checkpoint
-from .encoder_bases import TokenEncoder, seeded
+from .encoder_bases import FileWeights, TokenEncoder, seeded
+from .vit_architecture import drop_tokens, timm_intermediates
 
 
-class TimmModel(TokenEncoder):
+class TimmModel(FileWeights, TokenEncoder):
     """A timm architecture loaded from a local checkpoint file (strict)."""
 
     options = {
@@ -54,11 +55,6 @@ class TimmModel(TokenEncoder):
         self.pretraining = self.opts.get("pretraining")
         self.model = None
         self._mapped: tuple[dict, str, list[str]] | None = None
-        self._sha: str | None = None
-
-    @property
-    def path(self) -> str:
-        return str(self.opts["checkpoint"])
 
     def _build(self):
         if self.model is None:
@@ -66,7 +62,7 @@ class TimmModel(TokenEncoder):
             timm = import_timm()
             name = self.opts["model"]
             if not timm.is_model(name):
-                from harness.plugins import did_you_mean
+                from harness.api import did_you_mean
                 raise HarnessError(f"encoder '{self.name}': unknown timm model '{name}'"
                                    f"{did_you_mean(name, timm.list_models())}")
             kwargs = dict(self.opts.get("model_kwargs") or {})
@@ -94,9 +90,6 @@ class TimmModel(TokenEncoder):
 
     def identity(self) -> dict:
         ident = super().identity()
-        if self._sha is None:
-            self._sha = file_sha256(self.path)
-        ident["checkpoint_sha256"] = self._sha
         ident["timm"] = import_timm().__version__
         return ident
 
@@ -162,31 +155,13 @@ class TimmModel(TokenEncoder):
             self._mapped = ({}, source, other)  # drop the memory map
         self.device = device
         model.to(device).eval().requires_grad_(False)
-        self.backbone = _TimmIntermediates(model)
 
-
-class _TimmIntermediates(torch.nn.Module):
-    """timm's ``forward_intermediates`` in the TokenEncoder contract: CLS-first token sequences with
-    register tokens dropped, final-norm tokens and raw block outputs."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.npt = int(getattr(model, "num_prefix_tokens", 1))
-
-    def _tokens(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t[:, :1], t[:, self.npt:]], dim=1) if self.npt > 1 else t
-
-    def forward_intermediates(self, x: torch.Tensor, block_ids=(), final: bool = True):
-        ids = sorted(block_ids)
-        if not ids:
-            return self._tokens(self.model.forward_features(x)), {}
-        out = self.model.forward_intermediates(x, indices=ids, norm=False, output_fmt="NLC",
-                                               return_prefix_tokens=True, intermediates_only=not final,
-                                               stop_early=not final)
-        tokens, inter = (None, out) if not final else out
-        blocks = {i: self._tokens(torch.cat([prefix, spatial], dim=1)) for i, (spatial, prefix) in zip(ids, inter)}
-        return (self._tokens(tokens) if tokens is not None else None), blocks
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int], final: bool = True):
+        """timm's own ``forward_intermediates``, register tokens dropped (the CLS token kept first)."""
+        tokens, blocks = timm_intermediates(self.model, x, indices, final)
+        registers = int(getattr(self.model, "num_prefix_tokens", 1)) - 1
+        return (None if tokens is None else drop_tokens(tokens, 1, registers)), \
+            {i: drop_tokens(b, 1, registers) for i, b in blocks.items()}
 
 
 @hookimpl

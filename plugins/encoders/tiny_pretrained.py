@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness import HarnessError, Option, file_sha256, hookimpl
+from harness.api import HarnessError, Option, hookimpl
 
 from .checkpoint_reading import check_state_dict, list_keys
-from .encoder_bases import TokenEncoder, seeded
+from .encoder_bases import FileWeights, TokenEncoder, seeded
 from .vit_architecture import Arch, Backbone, build_model
 
 IMAGE_SIZE = 64
@@ -35,7 +35,7 @@ def build_projection_head() -> nn.Module:
     return nn.Sequential(nn.Linear(ARCH.embed_dim, 512), nn.LayerNorm(512), nn.GELU(), nn.Linear(512, PROJECTION_DIM))
 
 
-class TinyPretrained(TokenEncoder):
+class TinyPretrained(FileWeights, TokenEncoder):
     """One of the three tiny ViTs pretrained by ``pretrain/tiny.py``."""
 
     options = {
@@ -53,7 +53,6 @@ class TinyPretrained(TokenEncoder):
         self.representations = ("cls", "mean_patch", "tokens", "blocks") + (
             ("projected",) if self.method == "contrastive" else ())
         self.head: nn.Module | None = None
-        self._sha: str | None = None
 
     @property
     def path(self) -> Path:
@@ -61,13 +60,6 @@ class TinyPretrained(TokenEncoder):
 
     def validate(self) -> None:
         self._header()  # a missing, foreign or other-method file fails at spec validation
-
-    def identity(self) -> dict:
-        ident = super().identity()
-        if self._sha is None:
-            self._sha = file_sha256(str(self.path))
-        ident["checkpoint_sha256"] = self._sha
-        return ident
 
     def _header(self) -> dict:
         """The file's ``partbench`` metadata entry (JSON written by pretrain/tiny.py), checked."""

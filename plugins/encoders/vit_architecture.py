@@ -3,10 +3,10 @@ timm module that holds it (``build_model``) and ``Backbone``, our forward over t
 
 ``Backbone.forward_intermediates`` runs the model at any input size that is a multiple of the patch size
 and returns the tokens after the final norm plus the raw outputs of the requested blocks, CLS first
-(the same contract as the ``timm`` plugin's use of timm's ``forward_intermediates``). For inputs other
-than the checkpoint's grid the absolute position embedding is resampled by the method's own rule
-(``Arch.pos_resample``), and BEiT's shared relative position table by unilm's geometric-progression
-scheme with a bicubic spline.
+(``harness.api.Encoder.forward_intermediates``, timm's convention); ``capture_blocks`` is the block loop
+that every family's forward shares. For inputs other than the checkpoint's grid the absolute position
+embedding is resampled by the method's own rule (``Arch.pos_resample``), and BEiT's shared relative position
+table by unilm's geometric-progression scheme with a bicubic spline.
 
 The architecture is inferred from the checkpoint's tensor shapes (width, depth, patch size, MLP ratio,
 grid, q/v bias, layer scale, position scheme); only the number of heads is not visible in the shapes and
@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import HarnessError
-from harness.compat import import_timm
+from harness.api import HarnessError
+from harness.api import import_timm
 
 
 @dataclass
@@ -247,13 +247,9 @@ class Backbone(nn.Module):
             self._cache[key] = table[idx.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1).contiguous()
         return self._cache[key]
 
-    def forward_intermediates(self, x: torch.Tensor, block_ids: Sequence[int] = (), final: bool = True):
-        """-> (tokens after the final norm or None, {i: raw output of block i}), CLS first; blocks after
-        the last one needed are skipped when ``final`` is False."""
-        p = self.arch.patch_size
-        if x.ndim != 4 or x.shape[-1] % p or x.shape[-2] % p:
-            raise HarnessError(f"input of shape {tuple(x.shape)}: height and width must be multiples of the "
-                               f"patch size {p}")
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] = (), final: bool = True):
+        """-> (tokens after the final norm or None, {i: raw output of block i}), CLS first (the contract of
+        ``harness.api.Encoder.forward_intermediates``; the executor has checked the input size)."""
         m = self.model
         t = m.patch_embed.proj(x)
         gh, gw = t.shape[-2:]
@@ -261,20 +257,49 @@ class Backbone(nn.Module):
         t = torch.cat([m.cls_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)
         if m.pos_embed is not None:
             t = t + self.pos_embed(gh, gw)
-        bias = None
-        if self.arch.family == "beit" and getattr(m, "rel_pos_bias", None) is not None:
-            bias = self.rel_pos_bias(gh, gw)
         if getattr(m, "norm_pre", None) is not None:
             t = m.norm_pre(t)
-        wanted = set(block_ids)
-        last = len(m.blocks) - 1 if final else max(wanted, default=-1)
-        blocks = {}
-        for i, blk in enumerate(m.blocks):
-            if i > last:
-                break
-            t = blk(t, shared_rel_pos_bias=bias) if self.arch.family == "beit" else blk(t)
-            if i in wanted:
-                blocks[i] = t
+        if self.arch.family == "beit":
+            bias = self.rel_pos_bias(gh, gw) if getattr(m, "rel_pos_bias", None) is not None else None
+            t, blocks = capture_blocks(m.blocks, t, indices, final, lambda blk, y: blk(y, shared_rel_pos_bias=bias))
+        else:
+            t, blocks = capture_blocks(m.blocks, t, indices, final)
         return (m.norm(t) if final else None), blocks
 
     forward = forward_intermediates
+
+
+def capture_blocks(blocks: Sequence[nn.Module], t: torch.Tensor, indices: Sequence[int], final: bool,
+                   call=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Run ``t`` through ``blocks`` (``call(block, t)``, default ``block(t)``), keeping the raw output of
+    each block in ``indices``; without ``final`` the blocks after the last one needed are skipped.
+    -> (the last output computed, {i: output of block i})."""
+    wanted = set(indices)
+    last = len(blocks) - 1 if final else max(wanted, default=-1)
+    out = {}
+    for i, blk in enumerate(blocks):
+        if i > last:
+            break
+        t = blk(t) if call is None else call(blk, t)
+        if i in wanted:
+            out[i] = t
+    return t, out
+
+
+def drop_tokens(t: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """``t`` [B, T, D] without tokens start .. start+count-1 (register tokens after the CLS token)."""
+    return torch.cat([t[:, :start], t[:, start + count:]], dim=1) if count else t
+
+
+def timm_intermediates(model: nn.Module, x: torch.Tensor, indices: Sequence[int], final: bool):
+    """A timm ViT's own ``forward_intermediates`` in our contract: (the final-norm sequence or None,
+    {i: raw output of block i}), every token kept (timm's prefix tokens first: CLS, registers)."""
+    ids = list(indices)
+    if not ids:
+        return model.forward_features(x), {}
+    out = model.forward_intermediates(x, indices=ids, norm=False, output_fmt="NLC", return_prefix_tokens=True,
+                                      intermediates_only=not final, stop_early=not final)
+    tokens, inter = (None, out) if not final else out
+    # with prefix tokens timm returns (patch tokens, prefix tokens) pairs; without, the tensors themselves
+    blocks = {i: torch.cat([y[1], y[0]], dim=1) if isinstance(y, tuple) else y for i, y in zip(ids, inter)}
+    return tokens, blocks

@@ -7,12 +7,14 @@ encoders), a ``.safetensors`` file (Hugging Face / open_clip / timm hub files) o
 
 ``ReleasedWeightsEncoder``: a ``CheckpointEncoder`` whose model is the family's own module (not the timm
 ViT that ``vit_architecture`` builds for the seven): subclasses map the file (``split``), read the
-architecture off the tensors (``infer``), build the module (``build``) and run it (``run``), which returns
-the tokens after the final norm and the raw block outputs with the family's ``prefix_tokens`` first and
-register tokens already dropped. Loading is strict, with missing/unexpected keys reported, as the seven.
+architecture off the tensors (``infer``), build the module (``build``) and run it
+(``forward_intermediates``: the tokens after the final norm and the raw block outputs with the family's
+``prefix_tokens`` first and register tokens already dropped). Loading is strict, with missing/unexpected
+keys reported, as the seven.
 """
 from __future__ import annotations
 
+import math
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -21,10 +23,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from harness import HarnessError
+from harness.api import HarnessError
 
-from .checkpoint_reading import is_torchscript, load_strict, read_checkpoint
-from .encoder_bases import CheckpointEncoder, Split, seeded
+from .checkpoint_reading import is_torchscript, read_checkpoint
+from .encoder_bases import CheckpointEncoder
+from .vit_architecture import LayoutError
 
 
 def read_weights(path: str, *, weights_only: bool = True, expected: str = "a checkpoint",
@@ -81,10 +84,44 @@ def check_heads(where: str, dim: int, num_heads: int | None, released: dict[int,
     return heads
 
 
+@dataclass
+class VitShapes:
+    """What the tensors of a timm-named ViT state dict say (``vit_shapes``)."""
+
+    width: int
+    patch: int
+    depth: int
+    grid: int  # patches per side of the position table
+    mlp_hidden: int  # rows of blocks.0.mlp.fc1 (4 * width without one, e.g. DINOv2's SwiGLU)
+
+
+def vit_shapes(sd: dict, *, cls_slot: bool) -> VitShapes:
+    """Width, patch, depth, grid and MLP width of a state dict with ``patch_embed.proj.weight``,
+    ``blocks.<i>.norm1.weight`` and a square ``pos_embed`` [1, (1 +) g*g, D] (``cls_slot``: a CLS row first;
+    without one a ``cls_token`` is refused). LayoutError naming what is not so."""
+    w, pos = sd.get("patch_embed.proj.weight"), sd.get("pos_embed")
+    if not isinstance(w, torch.Tensor) or w.ndim != 4:
+        raise LayoutError("no patch embedding 'patch_embed.proj.weight'")
+    if not cls_slot and "cls_token" in sd:
+        raise LayoutError("it has a 'cls_token'")
+    depth = 0
+    while f"blocks.{depth}.norm1.weight" in sd:
+        depth += 1
+    if not depth:
+        raise LayoutError("no transformer blocks 'blocks.<i>.norm1.weight'")
+    slots = int(pos.shape[1]) - int(cls_slot) if isinstance(pos, torch.Tensor) and pos.ndim == 3 else 0
+    g = math.isqrt(max(slots, 0))
+    if not g or g * g != slots:
+        raise LayoutError(f"'pos_embed' is not {'1 + ' if cls_slot else ''}a square grid of patch positions")
+    fc1 = sd.get("blocks.0.mlp.fc1.weight")
+    width = int(w.shape[0])
+    return VitShapes(width, int(w.shape[-1]), depth, g, int(fc1.shape[0]) if isinstance(fc1, torch.Tensor) else 4 * width)
+
+
 def fixed_width_mlp(hidden: int):
     """An ``mlp_layer`` for timm blocks whose hidden width is the file's (``int(width * ratio)`` can round
     down, e.g. I-JEPA ViT-g's 48/11): timm's Mlp (fc1, GELU, fc2)."""
-    from harness.compat import import_timm
+    from harness.api import import_timm
     import_timm()
     from timm.layers import Mlp
 
@@ -109,104 +146,23 @@ class ReleasedWeightsEncoder(CheckpointEncoder):
 
     Subclasses implement ``split(obj) -> Split`` (keys already named as ``build``'s module expects them;
     raise ``self.wrong_layout(obj, why)`` for another layout), ``infer(backbone) -> FamilyArch`` (raise
-    ``LayoutProblem(why)`` when the tensors are not the family's), ``build(arch) -> nn.Module`` and
-    ``run(x, block_ids, final)``; with a projection ``project(tokens)``. ``self.model`` is the loaded module.
+    ``LayoutError(why)`` when the tensors are not the family's), ``build(arch) -> nn.Module`` and
+    ``forward_intermediates(x, indices, final)``; with a projection ``project(tokens)``. ``self.model`` is
+    the loaded module.
     """
 
-    def __init__(self, name: str, **opts: Any):
-        super().__init__(name, **opts)
-        self.model: nn.Module | None = None
-        self._cache: dict[tuple, torch.Tensor] = {}
+    def read(self) -> Any:
+        return read_weights(self.path, weights_only=self.opts.get("weights_only", True), expected=self.expected,
+                            unpickle=self._unpickle)
 
-    # -- subclass API ---------------------------------------------------------------------------
     def infer(self, backbone: dict) -> FamilyArch:
         raise NotImplementedError
 
     def build(self, arch: FamilyArch) -> nn.Module:
         raise NotImplementedError
 
-    def run(self, x: torch.Tensor, block_ids: Sequence[int], final: bool):
+    def wrap(self, model: nn.Module, arch: FamilyArch) -> None:
+        return None  # the family's forward_intermediates runs self.model
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int], final: bool = True):
         raise NotImplementedError
-
-    # -- CheckpointEncoder hooks -------------------------------------------------------------------
-    def _peek(self):
-        if self._peeked is None:
-            obj = read_weights(self.path, weights_only=self.opts.get("weights_only", True), expected=self.expected,
-                               unpickle=self._unpickle)
-            sp = self.split(obj)
-            try:
-                arch = self.infer(sp.backbone)
-            except LayoutProblem as exc:
-                raise self.wrong_layout(obj, str(exc)) from None
-            self._peeked = (sp, arch)
-            self.num_blocks, self.embed_dim, self.patch_size = arch.depth, arch.embed_dim, arch.patch_size
-        return self._peeked
-
-    def load(self, device: str = "cpu") -> None:
-        if self.model is not None:
-            self._place(device)
-            return
-        self._unpickle = True
-        sp, arch = self._peek()
-        strict = self.opts.get("strict", True)
-        with seeded(0):  # a non-strict load leaves missing weights at a reproducible random init
-            model = self.build(arch)
-        rep = load_strict(model, sp.backbone, strict=strict, where=self.path,
-                          what=f"{self.method} ({arch.describe()})")
-        self.load_report = {"source": sp.source, "architecture": arch.describe(), "ignored": dict(sp.ignored),
-                            "missing": rep["missing"], "unexpected": rep["unexpected"]}
-        self.model = model.float()  # released fp16 tensors (OpenAI CLIP) run in float32, autocast aside
-        self.arch = arch
-        self._peeked = (Split(backbone={}, head=None, ignored=sp.ignored, source=sp.source), arch)
-        self._place(device)
-
-    def _place(self, device: str) -> None:
-        self.device = device
-        self._cache.clear()
-        self.model.to(device).eval().requires_grad_(False)
-
-    def supports(self, rep: str) -> bool:
-        if not self.peek_or_defer():
-            return super(CheckpointEncoder, self).supports(rep)
-        if rep == "cls" and self.prefix_tokens == 0:
-            return False
-        if rep == "projected":
-            return "projected" in self.representations
-        return super(CheckpointEncoder, self).supports(rep)
-
-    def forward(self, x: torch.Tensor, reps: Sequence[str]) -> dict:
-        if self.model is None:
-            raise HarnessError(f"encoder '{self.name}' is not loaded: call load(device) first "
-                               "(harness.execution.Executor does it)")
-        self._check_reps(reps)
-        p = self.arch.patch_size
-        if x.ndim != 4 or x.shape[-1] % p or x.shape[-2] % p:
-            raise HarnessError(f"input of shape {tuple(x.shape)}: height and width must be multiples of the "
-                               f"patch size {p}")
-        block_ids = sorted(int(r.split(".", 1)[1]) for r in reps if r.startswith("block."))
-        final = any(not r.startswith("block.") for r in reps)
-        tokens, blocks = self.run(x, block_ids, final)
-        n = self.prefix_tokens
-        out = {}
-        for r in reps:
-            if r == "cls":
-                out[r] = tokens[:, 0]
-            elif r == "mean_patch":
-                out[r] = tokens[:, n:].mean(dim=1)  # patch tokens only: no CLS, no registers
-            elif r == "tokens":
-                out[r] = tokens
-            elif r == "projected":
-                out[r] = self.project(tokens)
-            else:
-                out[r] = blocks[int(r.split(".", 1)[1])]
-        return out
-
-    def cached(self, key: tuple, make) -> torch.Tensor:
-        """A per-input-size tensor (resampled position table) computed once per device."""
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-
-class LayoutProblem(Exception):
-    """Raised by ``infer``: the tensors are not this family's (becomes 'not a <method> checkpoint (...)')."""

@@ -11,9 +11,9 @@ import math
 from collections import OrderedDict
 from pathlib import Path
 
-from harness import hookimpl
-from harness.api import Report, write_json_atomic
-from harness.results import headline_value
+from harness.api import headline_value, hookimpl
+
+from .grouped import GroupedReport
 
 BASELINE_PRETRAINING = "supervised"
 
@@ -127,23 +127,20 @@ def level_figure(pairs: list[dict], path: Path) -> Path | None:
     return path
 
 
-class ObjectVsPart(Report):
+class ObjectVsPart(GroupedReport):
     """Object vs part relative to the supervised encoder (the paper's Fig. 7), for every object/part pair of
     datasets in a run: a table, levels.json and levels.png."""
 
-    def render(self, results: list[dict], fmt: str = "github") -> str:
-        pairs = level_pairs(results)
-        return level_markdown(pairs, fmt) if pairs else ""
+    stem = "levels"
 
-    def write(self, results: list[dict], out_dir: Path, figures: bool = True) -> dict[str, Path]:
-        pairs = level_pairs(results)
-        if not pairs:
-            return {}
-        written = {"levels": out_dir / "levels.json"}
-        write_json_atomic(written["levels"], pairs, "writing the report")
-        if figures and level_figure(pairs, out_dir / "levels.png"):
-            written["levels_figure"] = out_dir / "levels.png"
-        return written
+    def groups(self, results):
+        return level_pairs(results)
+
+    def markdown(self, groups, fmt):
+        return level_markdown(groups, fmt)
+
+    def figure(self, groups, path):
+        return level_figure(groups, path)
 
 
 @hookimpl

@@ -11,9 +11,9 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from harness import hookimpl
-from harness.api import Report, write_json_atomic
+from harness.api import hookimpl
 
+from .grouped import GroupedReport
 from .levels import _metric
 
 IGNORED = ("representation", "extra")  # options that name what is read, not how the task runs
@@ -77,23 +77,20 @@ def representation_figure(groups: list[dict], path: Path) -> Path | None:
     return path
 
 
-class EncodedVsProjected(Report):
+class EncodedVsProjected(GroupedReport):
     """One encoder on one dataset under tasks that differ only in ``representation`` (encoded vs projected,
     the paper's Tables 2 and 4): a table, representations.json and representations.png."""
 
-    def render(self, results: list[dict], fmt: str = "github") -> str:
-        groups = representation_groups(results)
-        return representation_markdown(groups, fmt) if groups else ""
+    stem = "representations"
 
-    def write(self, results: list[dict], out_dir: Path, figures: bool = True) -> dict[str, Path]:
-        groups = representation_groups(results)
-        if not groups:
-            return {}
-        written = {"representations": out_dir / "representations.json"}
-        write_json_atomic(written["representations"], groups, "writing the report")
-        if figures and representation_figure(groups, out_dir / "representations.png"):
-            written["representations_figure"] = out_dir / "representations.png"
-        return written
+    def groups(self, results):
+        return representation_groups(results)
+
+    def markdown(self, groups, fmt):
+        return representation_markdown(groups, fmt)
+
+    def figure(self, groups, path):
+        return representation_figure(groups, path)
 
 
 @hookimpl

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness import HarnessError, Option, Task
+from harness.api import HarnessError, Option, Task
 from harness.api import FeatureRequest
-from harness import transforms as _transforms
+from harness.api import transforms as _transforms
 
 from .head_bank import HeadBank, check_lrs, learning_rates, sgd
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import HarnessError, hookimpl, Option
+from harness.api import HarnessError, hookimpl, Option
 
 from ._probe import ProbeTask, probe_options
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness import HarnessError, Samples
+from harness.api import HarnessError, Samples
 
 #: arrays up to this many bytes (as stored, fp16) are moved to the device once
 RESIDENT_BYTES = 2 << 30

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from harness import HarnessError, Option, Task, hookimpl
+from harness.api import HarnessError, Option, Task, hookimpl
 from harness.api import FeatureRequest
 
 from .retrieval_metrics import cosine_topk

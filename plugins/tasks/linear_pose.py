@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness import HarnessError, Option, hookimpl
+from harness.api import HarnessError, Option, hookimpl
 from harness.api import KeypointSamples
 
 from .dense import DerivedSamples

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness import hookimpl, Option
+from harness.api import hookimpl, Option
 
 from ._probe import ProbeTask, probe_options
 

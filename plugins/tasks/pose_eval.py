@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from harness import HarnessError
+from harness.api import HarnessError
 
 #: COCO's per-keypoint OKS constants for the 17 person keypoints (pycocotools' default)
 COCO_PERSON_SIGMAS = tuple(s / 10 for s in (.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87,

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from harness import HarnessError, Option, Task, hookimpl
+from harness.api import HarnessError, Option, Task, hookimpl
 from harness.api import FeatureRequest
 
 from .retrieval_metrics import auto_block_size, class_mean_ap, mean_ap, per_class_ap, retrieval_ap_part

@@ -147,18 +147,17 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from harness.compat import ensure_mmseg
+    from harness.api import ensure_mmseg
 
     ensure_mmseg()
     import numpy as np
-    import torch
     from mmengine.hooks import Hook
     from mmengine.model import BaseModule
     from mmseg.evaluation import IoUMetric
     from mmseg.registry import HOOKS, METRICS, MODELS
 
     from harness.api import Encoder
-    from harness.execution import Executor
+    from harness.api import Executor
 
     class FrozenEncoder(BaseModule):
         """A harness encoder as an mmseg backbone: raw block outputs as [B, D, H/p, W/p] maps. The encoder
@@ -235,8 +234,8 @@ def register() -> None:
 
 def build_encoder(spec: dict):
     """The harness encoder described by ``spec`` (built and validated as the spec loader does)."""
-    from harness.plugins import Plugins
-    from harness.spec import validate_options
+    from harness.api import Plugins
+    from harness.api import validate_options
 
     plugins = Plugins(plugins_dirs=spec.get("plugins_dirs") or ())
     reg = plugins.get("encoder", spec["plugin"])

@@ -2,14 +2,16 @@
 
 Environment, not options (a rerun must keep the encoder's identity): ``SLOW_MARK_AT`` is the batch number
 (counted per process, 1-based) at which it writes ``SLOW_MARKER`` (with ``.<RANK>`` appended under torchrun)
-and then sleeps 30 s. Needs ``tests/toy_plugins`` on PYTHONPATH (it extends ``toy.ToyStats``)."""
+and then sleeps 30 s."""
 import os
+import sys
 import time
 from pathlib import Path
 
 from harness.api import hookimpl
 
-from toy import ToyStats
+sys.path.insert(0, str(Path(__file__).parent))  # it extends toy.ToyStats, beside it
+from toy import ToyStats  # noqa: E402
 
 
 class SlowStats(ToyStats):
