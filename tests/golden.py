@@ -60,7 +60,7 @@ SAMPLES = 32  # values kept per encoder output (plus shape and summary statistic
 # machine (ATEN_CPU_CAPABILITY=avx2 with MKL_CBWR=COMPATIBLE and ONEDNN_MAX_CPU_ISA=AVX2, and
 # ATEN_CPU_CAPABILITY=default, against AVX-512): |now - golden| / (1 + |golden|) <= 4.6e-6, median 1e-7.
 # |now - golden| <= ATOL + RTOL * |golden| with 3e-5 keeps that rounding below 15 % of the tolerance, while the
-# smallest real changes tried exceed it on a large share of the values: tanh instead of exact GELU on 28-73 %
+# smallest real changes tried exceed it on a large share of the values: swapping exact and tanh GELU on 28-73 %
 # of those of the checkpoint encoders (6 % for tiny_pretrained), a LayerNorm eps of 1e-5 instead of 1e-6 on
 # 90-100 % of those of the "small_embeddings" cases. With SAMPLES values per output and several outputs and
 # cases per plugin, such a change cannot go unseen (docs/plugins.md, "Versions").
@@ -270,7 +270,7 @@ def _plugins():
     """Every installed plugin (HARNESS_LOAD_PLUGINS, which narrows what a run loads, does not apply here)."""
     import os
 
-    from harness.plugins import Plugins
+    from harness.api import Plugins
 
     narrowed = os.environ.pop("HARNESS_LOAD_PLUGINS", None)
     try:
@@ -465,7 +465,7 @@ def _timm(tmp: Path) -> dict[str, dict]:
     import re as _re
 
     import _beyond_files as bf
-    from harness.compat import import_timm
+    from harness.api import import_timm
 
     timm = import_timm()
     kw = {"depth": 2, "num_classes": 0}
