@@ -115,7 +115,7 @@ def test_a_head_on_informative_features_beats_a_shuffled_control():
     feats = torch.nn.functional.avg_pool2d(target, 2) * 10  # [n, k, 8, 6] maps: position information
 
     def train(targets):
-        bank = HeadBank(lambda: PoseHead(k, k, upsample=2), [1e-1], adamw(0.0), seed=0)
+        bank = HeadBank(lambda: PoseHead(k, k, size=codec.heatmap_size), [1e-1], adamw(0.0), seed=0)
         for _ in range(600):
             bank.step(feats, lambda head, x: joints_mse_loss(head(x), targets, weight))
         with torch.no_grad():
@@ -230,3 +230,20 @@ def test_no_blocks_reads_the_final_tokens_so_weight_free_encoders_run(tmp_path):
     # the head reads one 3 x 16 x 16 pixel vector per patch of the 64 x 48 crop
     assert heads["heads"][0]["conv.weight"].shape[1:] == (3 * 16 * 16, 1, 1)
     assert res["forwards"] == d["persons"]["train"] + 2 * d["persons"]["test"]
+
+
+def test_a_patch_14_encoder_runs(tmp_path):
+    """The head upsamples the 1/14 token map to the 1/4 heat maps (x3.5), not by a fixed x4: DINOv2- and
+    I-JEPA-like encoders run (they raised a tensor size mismatch)."""
+    from harness.cli import main
+
+    spec = tmp_path / "pose.yaml"
+    spec.write_text(PIXELS_SPEC.format(root=tmp_path / "gen").replace(
+        "px: {plugin: pixels}", "px: {plugin: random_vit, options: {embed_dim: 32, depth: 2, num_heads: 2, "
+                                "patch_size: 14, img_size: 56}}").replace(
+        "blocks: [], input_size: [64, 48]", "blocks: [1], input_size: [56, 56]"))
+    assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    (res,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "results").glob("*.json")]
+    assert res["status"] == "ok", res["error"]
+    heads = torch.load(tmp_path / "out" / next(a for a in res["artifacts"] if a.endswith("heads.pt")))
+    assert heads["heads"][0]["conv.weight"].shape[1:] == (32, 1, 1)

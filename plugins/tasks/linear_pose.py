@@ -54,18 +54,19 @@ def crop_view(samples: KeypointSamples, codec: PoseCodec, flip: bool, name: str)
 
 
 class PoseHead(torch.nn.Module):
-    """1x1 conv to K heatmaps on the 1/16 maps, then bilinear x``upsample`` (ViTPose's simple head with
-    no deconvolution, a linear map of the features)."""
+    """1x1 conv to K heatmaps on the 1/patch token maps, then bilinear to the heat-map size, 1/4 of the crop
+    (ViTPose's simple head with no deconvolution, a linear map of the features): x4 for patch 16, x3.5 for
+    patch 14."""
 
-    def __init__(self, channels: int, num_keypoints: int, upsample: int = 4):
+    def __init__(self, channels: int, num_keypoints: int, size: tuple[int, int]):
         super().__init__()
         self.conv = torch.nn.Conv2d(channels, num_keypoints, 1)
-        self.upsample = upsample
+        self.size = tuple(int(v) for v in size)
         torch.nn.init.normal_(self.conv.weight, 0.0, 0.001)
         torch.nn.init.zeros_(self.conv.bias)
 
     def forward(self, x):
-        return F.interpolate(self.conv(x), scale_factor=self.upsample, mode="bilinear", align_corners=False)
+        return F.interpolate(self.conv(x), size=self.size, mode="bilinear", align_corners=False)
 
 
 def step_lr(base: float, epoch_float: float, it: int, steps, warmup: int, warmup_ratio: float) -> float:
@@ -95,7 +96,7 @@ class Heatmaps(Decoder):
             self.crop_kps[i] = codec.to_crop(train.keypoints(i), c, s)
 
     def head(self, channels: int) -> torch.nn.Module:
-        return PoseHead(channels, len(self.unit.samples["test"].keypoint_names))
+        return PoseHead(channels, len(self.unit.samples["test"].keypoint_names), self.codec.heatmap_size)
 
     def targets(self, idx, device):
         return self.codec.encode(self.crop_kps[np.asarray(idx)], device=device)  # (heat maps, weights)
