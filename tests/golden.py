@@ -322,22 +322,29 @@ def encoder_case(plugin: str, options: dict, x: torch.Tensor) -> dict:
 # ==============================================================================================================
 # encoder cases: tiny checkpoints in the official layouts
 # ==============================================================================================================
+def _numpy_draws(base: type, seed: int):
+    """An instance of a test weight builder (``W``, ``Rand``) whose normal draws come from numpy's generator,
+    which is identical on every CPU (torch's ``randn`` is not)."""
+
+    class Drawn(base):
+        def __init__(self, s):
+            super().__init__(s)
+            self.rng = np.random.default_rng(s)
+
+        def n(self, *shape, std=None):
+            fan_in = shape[-1] if len(shape) > 1 else 1
+            return normal(self.rng, *shape, std=fan_in ** -0.5 if std is None else std)
+
+    return Drawn(seed)
+
+
 class NumpyW:
     """``tests/_paper_files.W`` with its normal draws from numpy (the builders call ``n`` and ``ln``)."""
 
     def __new__(cls, seed: int):
         from _paper_files import W
 
-        class _W(W):
-            def __init__(self, s):
-                super().__init__(s)
-                self.rng = np.random.default_rng(s)
-
-            def n(self, *shape, std=None):
-                fan_in = shape[-1] if len(shape) > 1 else 1
-                return normal(self.rng, *shape, std=fan_in ** -0.5 if std is None else std)
-
-        return _W(seed)
+        return _numpy_draws(W, seed)
 
 
 class NumpyRand:
@@ -346,16 +353,7 @@ class NumpyRand:
     def __new__(cls, seed: int):
         import _beyond_files as bf
 
-        class _R(bf.Rand):
-            def __init__(self, s):
-                super().__init__(s)
-                self.rng = np.random.default_rng(s)
-
-            def n(self, *shape, std=None):
-                fan_in = shape[-1] if len(shape) > 1 else 1
-                return normal(self.rng, *shape, std=fan_in ** -0.5 if std is None else std)
-
-        return _R(seed)
+        return _numpy_draws(bf.Rand, seed)
 
 
 PAPER_METHODS = ("deit", "mocov3", "dino", "ibot", "beit", "mae", "cae")

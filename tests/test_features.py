@@ -151,12 +151,14 @@ def test_a_bad_item_is_one_line_and_shared(tmp_path, workers):
     assert not list((tmp_path / "cache").rglob("*.npy")), "nothing half-written"
 
 
-def test_data_error_fails_every_unit_once(tmp_path):
-    """A corrupt image fails all units of its dataset with one shared message (decoded once)."""
-    from fixtures_data import write_cub  # a tiny CUB tree
+def _broken_cub_spec(tmp_path, second_task: bool = False):
+    """A tiny CUB tree with one corrupt image, two random ViTs and retrieval on it (a second retrieval task
+    on mean_patch with ``second_task``)."""
+    from fixtures_data import write_cub
+
     root = write_cub(tmp_path / "CUB_200_2011")
-    broken = root / "images" / "001.Albatross" / "a_0001.jpg"
-    broken.write_bytes(b"not a jpeg")
+    (root / "images" / "001.Albatross" / "a_0001.jpg").write_bytes(b"not a jpeg")
+    r2 = '\n  r2: {plugin: retrieval, options: {representation: mean_patch, transform: "resize:64"}}' if second_task else ""
     spec = tmp_path / "s.yaml"
     spec.write_text(textwrap.dedent(f"""
         encoders:
@@ -165,8 +167,13 @@ def test_data_error_fails_every_unit_once(tmp_path):
         datasets:
           cub: {{plugin: cub_parts, options: {{root: {root}, check_images: false}}}}
         tasks:
-          r: {{plugin: retrieval, options: {{representation: cls, transform: "resize:64"}}}}
-    """))
+          r: {{plugin: retrieval, options: {{representation: cls, transform: "resize:64"}}}}""") + r2 + "\n")
+    return spec
+
+
+def test_data_error_fails_every_unit_once(tmp_path):
+    """A corrupt image fails all units of its dataset with one shared message (decoded once)."""
+    spec = _broken_cub_spec(tmp_path)
     from harness.runner import run_spec
 
     res = run_spec(spec, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
@@ -282,23 +289,9 @@ def test_stream_equals_the_cached_features(tmp_path):
 def test_a_data_error_is_printed_once_per_dataset(tmp_path, capsys):
     """Every unit of a dataset with a corrupt image fails alike: the log and the report print the error once and
     name every unit it failed."""
-    from fixtures_data import write_cub
-
     from harness.cli import main
 
-    root = write_cub(tmp_path / "CUB_200_2011")
-    (root / "images" / "001.Albatross" / "a_0001.jpg").write_bytes(b"not a jpeg")
-    spec = tmp_path / "s.yaml"
-    spec.write_text(textwrap.dedent(f"""
-        encoders:
-          a: {{plugin: random_vit, options: {{embed_dim: 32, depth: 1, num_heads: 2, img_size: 64}}}}
-          b: {{plugin: random_vit, options: {{embed_dim: 32, depth: 1, num_heads: 2, img_size: 64, seed: 1}}}}
-        datasets:
-          cub: {{plugin: cub_parts, options: {{root: {root}, check_images: false}}}}
-        tasks:
-          r: {{plugin: retrieval, options: {{representation: cls, transform: "resize:64"}}}}
-          r2: {{plugin: retrieval, options: {{representation: mean_patch, transform: "resize:64"}}}}
-    """))
+    spec = _broken_cub_spec(tmp_path, second_task=True)
     code = main(["run", str(spec), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
                  "--no-progress"])
     out, err = capsys.readouterr()
