@@ -8,13 +8,15 @@ crop rule) and measures, in one run:
   loader      decode -> crop -> resize -> uint8 batches only, with 0, 1 and 2 worker processes
   end-to-end  the feature engine: decode -> crop -> resize -> normalise -> encode -> cache (fresh cache)
   K encoders  K encoders fed by one pass over the data vs K separate passes (fresh caches)
+  threads     end-to-end with the harness's default main-process threads vs 1 and all cores
 
 Defaults match the CPU targets: a ViT-S/16-sized random encoder for the pipeline efficiency and the
 decode-bound ``pixels`` encoder for the loader and K-encoder figures (the situation of a ViT-B on a GPU).
 On a GPU: ``--device cuda --model vit_b --precision bf16 --workers 16 --decode-bound-model vit_b``.
 
 Last line exactly: ``pipeline_efficiency=<end-to-end / bare> multi_encoder_speedup=<K separate / one pass>
-loader_scaling=<2 workers / 0 workers>``.
+loader_scaling=<2 workers / 0 workers> threads_default_vs_best=<best of 1 and all cores / default>``
+(the line before it says whether the default is within 10 % of the best).
 """
 from __future__ import annotations
 
@@ -112,7 +114,7 @@ def main(argv=None) -> None:
 
     from harness.api import FeatureCache
     from harness.api import Executor
-    from harness.api import FeatureEngine, default_workers, load_batches
+    from harness.api import FeatureEngine, available_cores, default_threads, default_workers, load_batches
     from partbench_plugins.datasets.cub import CubParts
     from partbench_plugins.encoders.baselines import Pixels, RandomViT
 
@@ -185,10 +187,26 @@ def main(argv=None) -> None:
 
     t_sep = best_of(separate, args.repeats)
     print(f"{args.k} x {args.decode_bound_model}: one pass {t_one:6.2f} s   {args.k} separate passes {t_sep:6.2f} s")
+
+    # -- threads of the main process: the harness's default vs 1 and all cores (same end-to-end pass) ---
+    cores, before = available_cores(), torch.get_num_threads()
+    default = default_threads(args.device, workers)
+    rate = {}
+    for t in dict.fromkeys([default, 1, cores]):
+        torch.set_num_threads(t)
+        extract(small, [enc], ["cls", "mean_patch"], tmp / "cache-threads", workers)  # warm-up at t threads
+        rate[t] = n_small / best_of(lambda: extract(small, [enc], ["cls", "mean_patch"], tmp / "cache-threads",
+                                                    workers), args.repeats)
+    torch.set_num_threads(before)
+    best = max(rate[1], rate[cores])
+    print("threads (end-to-end img/s): " + "   ".join(f"{t}{' (default)' if t == default else ''} {v:8.1f}"
+                                                     for t, v in rate.items())
+          + f"; default {'within' if rate[default] >= 0.9 * best else 'NOT within'} 10 % of the best of 1 and "
+            f"{cores} ({100 * (1 - rate[default] / best):+.1f} % slower)")
     if not args.tmp:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"pipeline_efficiency={t_bare / t_e2e:.3f} multi_encoder_speedup={t_sep / t_one:.3f} "
-          f"loader_scaling={loader[2] / loader[0]:.3f}")
+          f"loader_scaling={loader[2] / loader[0]:.3f} threads_default_vs_best={best / rate[default]:.3f}")
 
 
 if __name__ == "__main__":

@@ -480,6 +480,7 @@ from .hookspecs import hookimpl  # noqa: E402
 from .io import DiskFullError, dumps, jsonable, write_json_atomic, write_text_atomic  # noqa: E402
 from .progress import progress  # noqa: E402
 from .results import RESULT_SCHEMA, headline_value, load_results, read_result  # noqa: E402
+from .threads import available_cores, default_threads  # noqa: E402
 
 # modules that themselves import this one: resolved on first use (PEP 562). The last group is for benchmarks
 # and tools that measure the machinery itself (bench/): the engine, its loader and the cache.
@@ -497,7 +498,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'harness.api' has no attribute '{name}'")
 
 
-__all__ = ["CORE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "REQUIRED", "Dataset", "DiskFullError", "Encoder",
+__all__ = ["available_cores", "default_threads", "CORE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "REQUIRED", "Dataset", "DiskFullError", "Encoder",
            "FeatureRequest", "HarnessError", "KeypointSamples", "Option", "Registration", "Report", "RESULT_SCHEMA",
            "Samples", "SegSamples", "SpecError", "Task", "TaskContext", "did_you_mean", "dumps", "ensure_mmseg",
            "file_sha256", "headline_value", "hookimpl", "import_timm", "jsonable",

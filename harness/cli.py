@@ -51,7 +51,7 @@ def cmd_run(args) -> int:
     try:
         results = run_plan(plan, out, force=args.force, show_progress=not args.no_progress,
                            cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True),
-                           workers=args.workers, encoders_per_pass=args.encoders_per_pass)
+                           workers=args.workers, encoders_per_pass=args.encoders_per_pass, threads=args.threads)
         if not results.main:  # torchrun: rank 0 reports
             return 0
         fresh = len(results) - results.skipped
@@ -273,6 +273,19 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def _at_least(least: int):
+    """An argparse type: an integer >= least (a bad value is a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugins-dir", action="append", metavar="DIR",
@@ -293,9 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="validate and list the units, compute nothing")
     r.add_argument("--cache-dir", help="feature cache directory (default $HARNESS_CACHE_DIR or ~/.cache/partbench)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    r.add_argument("--workers", type=int, metavar="N",
+    r.add_argument("--workers", type=_at_least(0), metavar="N",
                    help="data-loader worker processes for feature extraction (default: spec, else from the CPU count)")
-    r.add_argument("--encoders-per-pass", type=int, metavar="N",
+    r.add_argument("--threads", type=_at_least(1), metavar="N",
+                   help="torch threads of the main process (default: spec, else OMP_NUM_THREADS, else the cores "
+                        "this process may use, shared among torchrun's local ranks)")
+    r.add_argument("--encoders-per-pass", type=_at_least(1), metavar="N",
                    help="encoders fed by one pass over the data (default: all that need it)")
     r.set_defaults(func=cmd_run)
     spec_cmd("validate", "validate a spec without computing anything").set_defaults(func=cmd_validate)

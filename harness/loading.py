@@ -6,7 +6,6 @@ normalisation happens on the device (``harness.execution.Executor``).
 """
 from __future__ import annotations
 
-import os
 import signal
 from typing import Iterator, Sequence
 
@@ -14,12 +13,13 @@ import torch
 
 from . import transforms
 from .api import HarnessError, Samples
+from .threads import available_cores
 
 
 def default_workers(device: str) -> int:
     """Decode workers when the spec/CLI does not say: on an accelerator, most of the CPU (the model is
     fast); on the CPU one worker, so decoding overlaps the forward without starving it of cores."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = available_cores()
     if device.startswith("cuda"):
         return max(1, min(16, cpus - 1))
     return 1 if cpus > 1 else 0

@@ -30,6 +30,7 @@ from .errors import FatalError
 from .io import jsonable, write_json_atomic
 from .results import SCHEMA_VERSION, read_result
 from .spec import Plan, Unit
+from .threads import configure as configure_threads
 
 def resolve_device(device: str) -> str:
     import torch
@@ -81,12 +82,12 @@ class RunSummary(list):
 
 def run_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, show_progress: bool = True,
              cache_dir: str | os.PathLike | None = None, log=print, workers: int | None = None,
-             encoders_per_pass: int | None = None) -> RunSummary:
+             encoders_per_pass: int | None = None, threads: int | None = None) -> RunSummary:
     """Run every unit of ``plan``; under torchrun every rank calls this and rank 0 writes."""
     dist, device = distributed.from_env(resolve_device(plan.device))
     try:
         return _run(plan, Path(out_dir), force, show_progress, cache_dir, log, workers, encoders_per_pass,
-                    dist, device)
+                    threads, dist, device)
     except Interrupted:
         raise
     except BaseException as exc:  # the other ranks learn why this one stops
@@ -96,7 +97,8 @@ def run_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, show_p
         dist.shutdown()
 
 
-def _run(plan, out: Path, force, show_progress, cache_dir, log, workers, encoders_per_pass, dist, device):
+def _run(plan, out: Path, force, show_progress, cache_dir, log, workers, encoders_per_pass, threads, dist,
+         device):
     main = dist.is_main
     log = log if main else (lambda *a: None)
     cache = FeatureCache(cache_dir or plan.cache_dir or default_cache_dir())
@@ -107,6 +109,9 @@ def _run(plan, out: Path, force, show_progress, cache_dir, log, workers, encoder
     if encoders_per_pass is None:
         encoders_per_pass = plan.extraction.get("encoders_per_pass")
     engine = FeatureEngine(cache, device, dist, workers, show_progress, log)
+    n, why = configure_threads(device, engine.workers,
+                               plan.extraction.get("threads") if threads is None else threads)
+    log(f"threads: {n} in the main process ({why}); {engine.workers} decode workers of 1 thread each")
     try:
         return _run_units(plan, out, force, log, engine, dist, main, encoders_per_pass)
     except Interrupted:

@@ -22,11 +22,10 @@ from .plugins import Plugins, did_you_mean
 
 TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
             "output_dir", "cache_dir", "reference", "extraction"}
-#: ``extraction:`` keys -> (check, meaning)
-EXTRACTION_KEYS = {"workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                               "data-loader worker processes (0: decode in the main process)"),
-                   "encoders_per_pass": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                                         "encoders fed by one pass over the data")}
+#: ``extraction:`` keys -> (smallest value, meaning); each is an integer
+EXTRACTION_KEYS = {"workers": (0, "data-loader worker processes (0: decode in the main process)"),
+                   "encoders_per_pass": (1, "encoders fed by one pass over the data"),
+                   "threads": (1, "torch threads of the main process (default: from the cores; harness.threads)")}
 ENTRY_KEYS = {"plugin", "options"}
 SECTIONS = {"encoders": "encoder", "datasets": "dataset", "tasks": "task"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -295,7 +294,7 @@ class Plan:
     config: dict = field(default_factory=dict)
     #: published numbers to show beside ours: {task: {dataset: {encoder: {metric: value}}}}
     reference: dict = field(default_factory=dict)
-    #: feature extraction settings: workers, encoders_per_pass (absent = automatic)
+    #: feature extraction settings: workers, encoders_per_pass, threads (absent = automatic)
     extraction: dict = field(default_factory=dict)
 
     def unit_reference(self, unit: Unit) -> dict:
@@ -408,9 +407,9 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
     for k, v in extraction.items():
         if k not in EXTRACTION_KEYS:
             raise SpecError(f"{where}: extraction.{k}: unknown key{did_you_mean(k, EXTRACTION_KEYS)}")
-        ok, meaning = EXTRACTION_KEYS[k]
-        if not ok(v):
-            raise SpecError(f"{where}: extraction.{k}: expected a non-negative integer ({meaning}), got {v!r}")
+        least, meaning = EXTRACTION_KEYS[k]
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            raise SpecError(f"{where}: extraction.{k}: expected an integer >= {least} ({meaning}), got {v!r}")
     return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
                 device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction))
 

@@ -461,7 +461,9 @@ class LinearSeg(DenseHeadTask):
     def _worker(self, ctx, cfg_path: Path, res_path: Path) -> None:
         """Run the mmseg worker in a subprocess; under torchrun every rank starts one and the workers form
         their own process group (mmengine's ``pytorch`` launcher) on a port rank 0 chose."""
-        env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+        # the worker gets this process's threads (the harness decided them, and waits meanwhile); without a
+        # setting torch would size its pool from the host's cores and mmengine would force one thread
+        env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
         for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "GROUP_RANK", "LOCAL_WORLD_SIZE",
                   "TORCHELASTIC_RUN_ID"):
             env.pop(k, None)
