@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--spec", default=str(ROOT / "specs" / "demo.yaml"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a run counts as hung")
     a = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # one line per run, visible while the next runs
     harness = [sys.executable, "-m", "harness.cli", "run", a.spec, "--no-progress", "--force"]
     with tempfile.TemporaryDirectory(prefix="torchrun-stress-") as tmp:
         base = Path(tmp) / "single"
