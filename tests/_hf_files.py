@@ -51,6 +51,7 @@ def build(kind: str, seed: int = 0, **overrides):
 
 
 def save(model, folder: Path, preprocessor: dict | None = None) -> Path:
+    import_transformers().utils.logging.disable_progress_bar()  # no "Writing model shards" bars in test output
     model.save_pretrained(str(folder))
     if preprocessor is not None:
         (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
