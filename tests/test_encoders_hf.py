@@ -215,3 +215,25 @@ def test_weights_of_another_shape_are_one_line(tmp_path):
     with pytest.raises(HarnessError, match=r"clip: transformers could not load CLIPVisionModelWithProjection: ") as e:
         encode(HuggingFace("e", model=str(d)), torch.randn(1, 3, 32, 32), ["projected"])
     assert "\n" not in str(e.value)
+
+
+def test_heads_offered_only_with_their_weights(tmp_path):
+    """A ViT saved without its pooler (e.g. from a classifier) loads, without 'pooled'; a missing backbone
+    weight is an error naming it."""
+    from harness.api import import_transformers
+    tf = import_transformers()
+    torch.manual_seed(0)
+    model = tf.ViTModel(tf.ViTConfig(**hff.VIT), add_pooling_layer=False).eval()
+    hff.save(model, tmp_path / "nopool")
+    enc = HuggingFace("e", model=str(tmp_path / "nopool"))
+    assert not enc.supports("pooled") and enc.supports("cls")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = model(pixel_values=x).last_hidden_state
+    torch.testing.assert_close(encode(enc, x, ["tokens"])["tokens"], want, **TOL)
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(tmp_path / "nopool" / "model.safetensors"))
+    sd.pop("encoder.layer.1.output.dense.weight")
+    save_file(sd, str(tmp_path / "nopool" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(HarnessError, match=r"nopool: ViTModel weights missing or of the wrong shape: \S*1\S*"):
+        encode(HuggingFace("e", model=str(tmp_path / "nopool")), x, ["tokens"])

@@ -24,6 +24,7 @@ receives the image as its packed patch sequence (``pixel_values`` [B, h*w, 3*p*p
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Sequence
 
 import torch
@@ -73,6 +74,27 @@ def weight_names(loc: Located) -> list[str]:
             except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files
                 raise HarnessError(f"{path}: not a readable weight file ({type(exc).__name__}: {exc})") from None
     return names
+
+
+def has(weight: str, part: str) -> bool:
+    """The weight name contains the module path ``part`` (e.g. 'head.') from a name boundary on."""
+    return f".{part}" in f".{weight}"
+
+
+@contextmanager
+def quiet(tf):
+    """transformers without progress bars and warnings (key tables, unused text-config entries) in run logs;
+    the load report lists the keys."""
+    log = tf.utils.logging
+    bars, level = log.is_progress_bar_enabled(), log.get_verbosity()
+    log.disable_progress_bar()
+    log.set_verbosity_error()
+    try:
+        yield
+    finally:
+        log.set_verbosity(level)
+        if bars:
+            log.enable_progress_bar()
 
 
 def submodule(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -127,14 +149,15 @@ class HuggingFace(Encoder):
         overrides = dict(fam.load_kwargs)
         if fam.projection == "clip" and isinstance(raw.get("vision_config"), dict) and "projection_dim" in raw:
             overrides["projection_dim"] = raw["projection_dim"]  # a full CLIP config keeps it at the top level
-        cfg = getattr(tf, fam.model_class).config_class.from_pretrained(str(loc.folder), **overrides)
+        with quiet(tf):
+            cfg = getattr(tf, fam.model_class).config_class.from_pretrained(str(loc.folder), **overrides)
         self.family, self.config = fam, cfg
         self.num_blocks, self.embed_dim = int(cfg.num_hidden_layers), int(cfg.hidden_size)
         self.patch_size = _pair(cfg.patch_size)[0]
         self.prefix_tokens = 1 if fam.cls else 0
         self.pretraining = fam.pretraining
         heads = [rep for rep, part in fam.head_keys.items()
-                 if fam.uses_head(cfg) and any(part in f".{n}" or n.startswith(part) for n in names)]
+                 if fam.uses_head(cfg) and any(has(n, part) for n in names)]
         self.representations = ("cls",) * fam.cls + ("mean_patch", "tokens", "blocks") + tuple(heads)
         proc = loc.read_json("preprocessor_config.json") or {}
         for key, default in (("mean", fam.mean_std[0]), ("std", fam.mean_std[1])):
@@ -172,24 +195,16 @@ class HuggingFace(Encoder):
         if self.model is None:
             fam, loc = self.family, self.located
             tf = import_transformers()
-            log = tf.utils.logging
-            bars, level = log.is_progress_bar_enabled(), log.get_verbosity()
-            log.disable_progress_bar()  # no bars or key tables in run logs: the load report lists the keys
-            log.set_verbosity_error()
             try:
-                model, info = getattr(tf, fam.model_class).from_pretrained(
-                    str(loc.folder), config=self.config, local_files_only=True, dtype=torch.float32,
-                    output_loading_info=True)
+                with quiet(tf):
+                    model, info = getattr(tf, fam.model_class).from_pretrained(
+                        str(loc.folder), config=self.config, local_files_only=True, dtype=torch.float32,
+                        output_loading_info=True)
             except (RuntimeError, OSError, ValueError) as exc:  # e.g. weights of another shape than the config's
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise HarnessError(f"{loc.folder}: transformers could not load {fam.model_class}: {first}") from None
-            finally:
-                log.set_verbosity(level)
-                if bars:
-                    log.enable_progress_bar()
             optional = [part for rep, part in fam.head_keys.items() if rep not in self.representations]
-            missing = [k for k in info.get("missing_keys", ()) if not any(p in f".{k}" or k.startswith(p)
-                                                                           for p in optional)]
+            missing = [k for k in info.get("missing_keys", ()) if not any(has(k, p) for p in optional)]
             bad = missing + [str(m) for m in info.get("mismatched_keys", ())]
             if bad:
                 raise HarnessError(f"{loc.folder}: {fam.model_class} weights missing or of the wrong shape: "
