@@ -113,6 +113,7 @@ class Encoder(_Plugin):
       tokens      [B,prefix_tokens+N,D] all tokens after the final norm
       block.<i>   [B,prefix_tokens+N,D] block i's raw output
       projected   [B,P]   ``project(tokens)``: the method's projection head (only where it has one)
+      pooled      [B,D']  ``pool(tokens)``: the model's own pooler (only where it has one besides its CLS token)
     ``forward(x, reps) -> dict`` name -> tensor, the same names and meanings: for encoders whose
     representations are not views of one token sequence (the ``pixels`` baseline pools the image at another
     resolution than its tokens) and for plugins written before ``forward_intermediates``. The executor uses
@@ -164,6 +165,10 @@ class Encoder(_Plugin):
     def project(self, tokens):
         """The projection head's output [B, P] from the final-norm ``tokens`` (``projected``)."""
         raise HarnessError(f"encoder '{self.name}' has no projection head")
+
+    def pool(self, tokens):
+        """The model's own pooler output [B, D'] from the final-norm ``tokens`` (``pooled``)."""
+        raise HarnessError(f"encoder '{self.name}' has no pooler")
 
     def forward(self, x, reps: Sequence[str]) -> dict:
         """name -> tensor for each name in ``reps``; only for encoders without ``forward_intermediates``."""
@@ -475,7 +480,7 @@ class Registration:
 
 # -- the rest of the public API: helpers that live in their own core modules ------------------------------
 from . import transforms  # noqa: E402 - named transforms: parse, pixels, apply
-from .compat import ensure_mmseg, import_timm  # noqa: E402
+from .compat import ensure_mmseg, import_timm, import_transformers  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
 from .io import DiskFullError, dumps, jsonable, write_json_atomic, write_text_atomic  # noqa: E402
 from .progress import progress  # noqa: E402
@@ -501,6 +506,6 @@ def __getattr__(name: str):
 __all__ = ["available_cores", "default_threads", "CORE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "REQUIRED", "Dataset", "DiskFullError", "Encoder",
            "FeatureRequest", "HarnessError", "KeypointSamples", "Option", "Registration", "Report", "RESULT_SCHEMA",
            "Samples", "SegSamples", "SpecError", "Task", "TaskContext", "did_you_mean", "dumps", "ensure_mmseg",
-           "file_sha256", "headline_value", "hookimpl", "import_timm", "jsonable",
+           "file_sha256", "headline_value", "hookimpl", "import_timm", "import_transformers", "jsonable",
            "load_results", "progress", "read_result", "transforms", "write_json_atomic", "write_text_atomic",
            *_LAZY]

@@ -352,7 +352,8 @@ def main(argv=None) -> int:
     except HarnessError as exc:
         rank = os.environ.get("RANK", "0")
         if rank == "0":
-            print(f"error: {exc}", file=sys.stderr)
+            for line in str(exc).splitlines() or [""]:  # a spec with several bad entries: one line each
+                print(f"error: {line}", file=sys.stderr)
         elif not isinstance(exc, SpecError):  # a spec error is every rank's alike: rank 0 says it
             print(f"error: rank {rank}: {exc}", file=sys.stderr)
         return exc.exit_code

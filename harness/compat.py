@@ -50,6 +50,16 @@ def import_timm():
     return timm
 
 
+def import_transformers():
+    """Import Hugging Face ``transformers`` safely (offline: nothing is downloaded, torchvision fixed, as
+    ``import_timm``) and return the module."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _ensure_torchvision()
+    import transformers
+
+    return transformers
+
+
 _MMSEG_READY = False
 
 

@@ -5,7 +5,7 @@ loading, device placement, normalisation on the device, the check of the represe
 ``torch.inference_mode``, autocast for the encoder's ``precision`` and the float32 outputs. Inside, the
 encoder's ``forward_intermediates`` (timm's contract: final-norm tokens and raw block outputs, with the
 encoder's ``prefix_tokens`` first) is the only model code; ``derive`` makes the named representations from
-it (``cls``, ``mean_patch``, ``tokens``, ``block.<i>``, ``projected``). Encoders that only define
+it (``cls``, ``mean_patch``, ``tokens``, ``block.<i>``, ``projected``, ``pooled``). Encoders that only define
 ``forward(x, reps)`` (the ``pixels`` baseline, plugins written before ``forward_intermediates``) are called
 through the same wrapper and their outputs checked for the requested names.
 """
@@ -54,6 +54,8 @@ def derive(encoder: Encoder, reps: Sequence[str], tokens: torch.Tensor | None, b
             out[r] = tokens
         elif r == "projected":
             out[r] = encoder.project(tokens)
+        elif r == "pooled":
+            out[r] = encoder.pool(tokens)
         else:
             raise HarnessError(f"encoder '{encoder.name}': unsupported representation '{r}'")
     return out

@@ -345,6 +345,7 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
         # the run does not use is reported too; only those it uses are checked against the disk (paths,
         # the plugin's validate()) and built: a spec that narrows `run` need not have every other dataset
         # or checkpoint of an included spec on disk
+        failed: list[str] = []
         for name, entry in entries[section].items():
             key = f"{section}.{name}"
             entry = {} if entry is None else entry
@@ -367,10 +368,13 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
                 obj = reg.cls(str(name), **opts)
                 obj.validate()
             except (ValueError, TypeError, HarnessError) as exc:
-                raise SpecError(f"{where}: {key}.options: {exc}") from None
+                failed.append(f"{where}: {key}.options: {exc}")  # every entry's, one line each (e.g. each
+                continue  # hub model missing from the local cache), raised after the section
             obj.plugin_name = reg.name
             instances[section][name] = obj
             config[section][name] = {"plugin": reg.name, "origin": reg.origin, "options": opts}
+        if failed:
+            raise SpecError("\n".join(failed))
     checked: set = set()
     for u in units:
         enc, ds, task = instances["encoders"][u.encoder], instances["datasets"][u.dataset], instances["tasks"][u.task]

@@ -506,6 +506,20 @@ def _pixels(tmp: Path) -> dict[str, dict]:
     return {"32x48": encoder_case("pixels", {"grid": 4, "patch_size": 16}, image_batch(1, 2, 32, 48))}
 
 
+def _hf(tmp: Path) -> dict[str, dict]:
+    """Every transformers family at its tiny size, every tensor drawn from numpy (not the library's init)."""
+    import _hf_files as hff
+
+    out = {}
+    for i, kind in enumerate(hff.KINDS):
+        model = hff.build(kind)
+        reseed_(model.state_dict(), 300 + i)
+        folder = hff.save(model, tmp / kind)
+        for h, w in ((32, 32),) if kind == "aimv2_vision_model" else ((32, 32), (48, 40)):  # AIMv2: fixed table
+            out[f"{kind}_{h}x{w}"] = encoder_case("hf", {"model": str(folder)}, image_batch(1, 2, h, w))
+    return out
+
+
 def _deit(tmp):
     return _paper_encoder("deit", tmp)
 
@@ -544,6 +558,7 @@ ENCODER_CASES: dict[str, Callable[[Path], dict[str, dict]]] = {
     "tiny_pretrained": _tiny_pretrained,
     "random_vit": _random_vit,
     "pixels": _pixels,
+    "hf": _hf,
 }
 
 
@@ -971,7 +986,8 @@ def case_inputs(kind: str, name: str) -> str:
     for text in code:  # every import statement of the code (cases import their builders inside)
         imports |= set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", text, re.M))
     versions = {}
-    for dist in ("numpy", "timm", "open_clip_torch", "pillow"):
+    # transformers builds the hf case's models (only there, so the other fingerprints stay as they were)
+    for dist in ("numpy", "timm", "open_clip_torch", "pillow") + (("transformers",) if "_hf_files" in imports else ()):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:

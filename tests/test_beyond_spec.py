@@ -15,13 +15,20 @@ from harness.plugins import Plugins
 from harness.spec import build_plan
 
 import _beyond_files as bf
+import _hf_files as hff
 from oracles import check_retrieval_unit
 from test_paper_specs import write_checkpoints, write_data
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "beyond.yaml"
-NEW = ["dinov2_vitb14", "dinov2_vitb14_reg4", "clip_openai", "clip_laion2b", "siglip", "ijepa", "deit3_in21k"]
-# 13 x 2 x 3 + 2 x 2 x 3 + 6 x 2 (parts); 15 x 2 + 6 x 2 (objects); 5 + 2 (ImageNet linear)
-UNITS = 78 + 12 + 12 + 30 + 12 + 5 + 2
+NEW = ["dinov2_vitb14", "dinov2_vitb14_reg4", "clip_openai", "clip_laion2b", "siglip", "ijepa", "deit3_in21k",
+       "dinov3_vits16", "dinov3_vitb16", "siglip2_b16", "aimv2_l14"]
+#: the spec's hub models -> the tiny stand-in (model_type, config overrides) written into a test hub cache
+HUB = {"facebook/dinov3-vits16-pretrain-lvd1689m": ("dinov3_vit", {}),
+       "facebook/dinov3-vitb16-pretrain-lvd1689m": ("dinov3_vit", {"num_register_tokens": 4}),
+       "google/siglip2-base-patch16-224": ("siglip2_vision_model", {}),
+       "apple/aimv2-large-patch14-224": ("aimv2_vision_model", {"image_size": 224, "patch_size": 14})}
+# 13 x 2 x 3 + 2 x 2 x 3 + 4 x 2 x 3 + 6 x 2 (parts); 19 x 2 + 6 x 2 (objects); 5 + 2 (ImageNet linear)
+UNITS = 78 + 12 + 24 + 12 + 38 + 12 + 5 + 2
 TINY = ["tasks.part_attentive.options.num_heads=4",  # the tiny files are 32-128 wide
         "encoders.deit3_in21k.options.model_kwargs={embed_dim: 64, depth: 2, num_heads: 2}"]
 
@@ -41,16 +48,24 @@ def write_beyond_checkpoints(root: Path) -> Path:
     return root
 
 
+def write_hub_cache(cache: Path) -> Path:
+    for i, (hub_id, (kind, kw)) in enumerate(HUB.items()):
+        folder = hff.write_folder(kind, cache.parent / "hub_build" / kind / str(i), seed=40 + i, **kw)
+        hff.to_hub_cache(folder, cache, hub_id)
+    return cache
+
+
 @pytest.fixture(scope="module")
 def beyond_dirs(tmp_path_factory):
     base = tmp_path_factory.mktemp("beyond_spec")
-    return write_beyond_checkpoints(base / "ckpt"), write_data(base / "data")
+    return write_beyond_checkpoints(base / "ckpt"), write_data(base / "data"), write_hub_cache(base / "hub")
 
 
 @pytest.fixture
 def env(beyond_dirs, monkeypatch):
     monkeypatch.setenv("PARTBENCH_CKPT", str(beyond_dirs[0]))
     monkeypatch.setenv("PARTBENCH_DATA", str(beyond_dirs[1]))
+    monkeypatch.setenv("HF_HUB_CACHE", str(beyond_dirs[2]))
     return beyond_dirs
 
 
@@ -83,6 +98,19 @@ def test_beyond_validates(env, capsys):
     assert encs["ijepa"].prefix_tokens == 0 and not encs["ijepa"].supports("cls")
     assert encs["clip_laion2b"].supports("projected") and encs["siglip"].supports("projected")
     assert encs["deit3_in21k"].pretraining == "supervised"
+    assert encs["siglip2_b16"].prefix_tokens == 0 and encs["siglip2_b16"].supports("projected")
+    assert encs["dinov3_vitb16"].supports("cls") and encs["aimv2_l14"].patch_size == 14
+
+
+def test_missing_hub_models_one_line_each(env, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert cli.main(["validate", str(SPEC), *overrides()]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == len(HUB), lines
+    for line, hub_id in zip(lines, HUB):
+        assert line.startswith("error: ") and f"model '{hub_id}' (revision main) is not in the local Hugging Face " \
+            f"cache (looked in {tmp_path / 'empty' / ('models--' + hub_id.replace('/', '--'))})" in line, line
+        assert f"`hf download {hub_id}`" in line
 
 
 def test_beyond_runs_new_encoders(env, tmp_path, capsys):
@@ -117,6 +145,7 @@ def test_swapped_file_stops_validation(beyond_dirs, monkeypatch, tmp_path, capsy
     shutil.copyfile(ckpt / "dinov2_vitb14_pretrain.pth", ckpt / "IN1K-vit.h.14-300e.pth.tar")
     monkeypatch.setenv("PARTBENCH_CKPT", str(ckpt))
     monkeypatch.setenv("PARTBENCH_DATA", str(beyond_dirs[1]))
+    monkeypatch.setenv("HF_HUB_CACHE", str(beyond_dirs[2]))
     assert cli.main(["validate", str(SPEC), *overrides()]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "encoders.ijepa.options" in err

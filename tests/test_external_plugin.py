@@ -68,9 +68,19 @@ def test_external_plugin_installed_discovered_and_used(installed_hello, tmp_path
     assert bad.returncode == 2 and "encoders.hist.options.bins: must be between 2 and 16 (got 40)" in bad.stderr
 
 
+def test_the_plugins_own_conformance_test_passes(installed_hello):
+    """tests/test_hello.py of the example package (docs/plugins.md) runs the conformance kit on it, installed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hello_tests", TEMPLATE / "tests" / "test_hello.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.test_hello_histogram_conforms()
+
+
 def test_docs_show_the_tested_plugin_verbatim():
     doc = (TESTS.parent / "docs" / "plugins.md").read_text()
-    for f in ("pyproject.toml", "partbench_hello/__init__.py"):
+    for f in ("pyproject.toml", "partbench_hello/__init__.py", "tests/test_hello.py"):
         assert (TEMPLATE / f).read_text().strip() in doc, f"docs/plugins.md does not show {f} as tested"
 
 

@@ -401,8 +401,8 @@ def plan(tmp_path):
     ("{plugin: linear_probe, options: {lr: -0.1}}", "tasks.t.options.lr: must be > 0"),
     ("{plugin: attentive_probe, options: {lrs: [0.01, 0]}}", "every base learning rate must be > 0"),
     ("{plugin: linear_probe, options: {lrs: []}}", "must be a non-empty list"),
-    ("{plugin: linear_probe, options: {representation: patch}}", "tasks.t.options.representation: 'patch' "
-                                                                "is not one of ['cls', 'mean_patch', 'projected']"),
+    ("{plugin: linear_probe, options: {representation: patch}}",
+     "tasks.t.options.representation: 'patch' is not one of ['cls', 'mean_patch', 'projected', 'pooled']"),
     ("{plugin: linear_probe, options: {representation: projected}}", "has no 'projected' representation"),
     ("{plugin: linear_probe, options: {heldout_fraction: 1.0}}", "must be in [0, 1)"),
     ("{plugin: linear_probe, options: {train_transform: 'crop:3'}}", "unknown transform 'crop:3'"),

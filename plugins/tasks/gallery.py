@@ -108,7 +108,7 @@ class Gallery(Task):
     options = {
         "representation": Option(str, "mean_patch", "vector used for similarity (the paper's figures use the "
                                  "encoded mean-patch embedding; the official script also draws cls)",
-                                 choices=["cls", "mean_patch", "projected"]),
+                                 choices=["cls", "mean_patch", "projected", "pooled"]),
         "split": Option(str, None, "dataset split (default: the dataset's first split)", nullable=True),
         "queries": Option(list, None, "query items: sample indices (integers) or sample keys (strings); "
                           "default: the first `per_class` items of each class", nullable=True,

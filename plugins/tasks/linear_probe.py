@@ -40,7 +40,7 @@ class LinearProbe(ProbeTask):
     options = {
         **probe_options(base_lr=0.1),
         "representation": Option(str, "cls", "frozen vector the classifier reads",
-                                 choices=["cls", "mean_patch", "projected"]),
+                                 choices=["cls", "mean_patch", "projected", "pooled"]),
         "batchnorm": Option(bool, False, "MAE-style BatchNorm1d(affine=False, eps=1e-6) before the linear "
                             "layer (the paper's protocol has none)"),
     }

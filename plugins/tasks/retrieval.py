@@ -22,7 +22,7 @@ from harness.api import FeatureRequest
 
 from .retrieval_metrics import auto_block_size, class_mean_ap, mean_ap, per_class_ap, retrieval_ap_part
 
-VECTOR_REPS = ("cls", "mean_patch", "projected")
+VECTOR_REPS = ("cls", "mean_patch", "projected", "pooled")
 BEST_OF = ("cls", "mean_patch")
 
 
@@ -43,7 +43,7 @@ class Retrieval(Task):
     headline = ("AP", "mAP")
     distributed = True  # under torchrun the blocks of queries are dealt over the ranks
     options = {
-        "representation": Option(str, "best", "vector reported as AP/mAP: cls, mean_patch, projected, or "
+        "representation": Option(str, "best", "vector reported as AP/mAP: cls, mean_patch, projected, pooled, or "
                                  "best (the better of cls and mean_patch by AP, as in the paper)",
                                  choices=["best", *VECTOR_REPS]),
         "extra": Option(list, [], "further representations reported beside it as AP.<rep>/mAP.<rep>, "
