@@ -21,7 +21,7 @@ from .api import REQUIRED, HarnessError, Option, SpecError
 from .plugins import Plugins, did_you_mean
 
 TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
-            "output_dir", "cache_dir", "reference", "extraction"}
+            "output_dir", "cache_dir", "reference", "extraction", "bootstrap"}
 #: ``extraction:`` keys -> (check, meaning)
 EXTRACTION_KEYS = {"workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                                "data-loader worker processes (0: decode in the main process)"),
@@ -297,6 +297,8 @@ class Plan:
     reference: dict = field(default_factory=dict)
     #: feature extraction settings: workers, encoders_per_pass (absent = automatic)
     extraction: dict = field(default_factory=dict)
+    #: bootstrap resamples per unit for the confidence intervals (0: none)
+    bootstrap: int = 1000
 
     def unit_reference(self, unit: Unit) -> dict:
         return self.reference.get(unit.task, {}).get(unit.dataset, {}).get(unit.encoder, {})
@@ -411,8 +413,12 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
         ok, meaning = EXTRACTION_KEYS[k]
         if not ok(v):
             raise SpecError(f"{where}: extraction.{k}: expected a non-negative integer ({meaning}), got {v!r}")
+    resamples = raw.get("bootstrap", 1000)
+    if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 0 or 0 < resamples < 100:
+        raise SpecError(f"{where}: bootstrap: expected the number of bootstrap resamples, 0 (no intervals) or "
+                        f"at least 100 (default 1000), got {resamples!r}")
     return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
-                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction))
+                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction), resamples)
 
 
 def _check_reference(ref: Any, entries: dict, where: str) -> dict:

@@ -11,10 +11,10 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from harness.api import hookimpl
+from harness.api import error_bars, hookimpl, with_interval
 
 from .grouped import GroupedReport
-from .levels import _metric
+from .levels import _metric, interval
 
 IGNORED = ("representation", "extra")  # options that name what is read, not how the task runs
 
@@ -32,6 +32,7 @@ def representation_groups(results: list[dict]) -> list[dict]:
         g = groups.setdefault(key, {"task_plugin": key[0], "dataset": r["dataset"], "level": r.get("dataset_level"),
                                     "encoder": r["encoder"], "metric": _metric(r), "values": OrderedDict()})
         g["values"].setdefault(rep, float(r["metrics"].get(g["metric"], float("nan"))))
+        g.setdefault("ci95", OrderedDict()).setdefault(rep, interval(r, g["metric"]))
     return [g for g in groups.values() if len(g["values"]) > 1]
 
 
@@ -41,9 +42,12 @@ def representation_markdown(groups: list[dict], fmt: str = "github") -> str:
     reps = list(OrderedDict.fromkeys(rep for g in groups for rep in g["values"]))
     title = ("## " if fmt == "github" else "") + "representations compared (same task, encoder and dataset)"
     rows = [[g["encoder"], g["dataset"], g["level"] or "", f"{g['task_plugin']} {g['metric']}",
-             *[g["values"].get(rep, "") for rep in reps]] for g in groups]
+             *[with_interval(g["values"][rep], g["ci95"].get(rep), compact=True) if rep in g["values"] else ""
+               for rep in reps]] for g in groups]
+    note = ["± half-width of the 95 % bootstrap interval", ""] if any(
+        v for g in groups for v in g["ci95"].values()) else []
     return "\n".join([title, "", tabulate(rows, headers=["encoder", "dataset", "level", "task", *reps], tablefmt=fmt,
-                                          floatfmt=".2f"), ""])
+                                          floatfmt=".2f"), "", *note])
 
 
 def representation_figure(groups: list[dict], path: Path) -> Path | None:
@@ -63,8 +67,9 @@ def representation_figure(groups: list[dict], path: Path) -> Path | None:
         reps = list(OrderedDict.fromkeys(rep for g in gs for rep in g["values"]))
         width = 0.8 / len(reps)
         for j, rep in enumerate(reps):
-            ax.bar([i + j * width for i in range(len(gs))], [g["values"].get(rep, float("nan")) for g in gs], width,
-                   label=rep)
+            ys = [g["values"].get(rep, float("nan")) for g in gs]
+            ax.bar([i + j * width for i in range(len(gs))], ys, width, label=rep, capsize=2, error_kw={"elinewidth": 0.8},
+                   yerr=error_bars(ys, [g["ci95"].get(rep) for g in gs]))
         ax.set_xticks([i + width * (len(reps) - 1) / 2 for i in range(len(gs))],
                       [f"{g['dataset']}\n({g['level']})" if g["level"] else g["dataset"] for g in gs], fontsize=8)
         ax.set_ylabel(gs[0]["metric"])
@@ -83,7 +88,7 @@ class EncodedVsProjected(GroupedReport):
 
     stem = "representations"
 
-    def groups(self, results):
+    def groups(self, results, out_dir=None):
         return representation_groups(results)
 
     def markdown(self, groups, fmt):

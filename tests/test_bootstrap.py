@@ -1,0 +1,183 @@
+"""Bootstrap intervals (harness.bootstrap) and the tasks' statistics: the vectorised statistics equal an explicit
+loop over materialised resamples, resamples are seeded and shared by every encoder of a unit, mIoU sums areas,
+pose AP equals pycocotools' COCOeval on an explicitly resampled image set."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from harness import bootstrap
+from harness.api import validate_options
+from harness.testing import check_resample
+from partbench_plugins.tasks import linear_seg as ls
+from partbench_plugins.tasks.linear_probe import LinearProbe
+from partbench_plugins.tasks.pose_eval import evaluate_keypoints, keypoint_results, resampled_stats
+from partbench_plugins.tasks.retrieval import Retrieval
+from partbench_plugins.tasks.retrieval_metrics import class_mean_ap, mean_ap
+
+from fixtures_data import COCO_KEYPOINT_NAMES
+
+
+def _rows(counts):
+    """Each resample as the item indices it draws (the explicit, materialised resample)."""
+    return [np.repeat(np.arange(counts.shape[1]), c) for c in counts]
+
+
+def _blocks(n, resamples=200, name="t"):
+    return np.concatenate(list(bootstrap.count_blocks(bootstrap.resample_key(0, name, "d", n, resamples), n,
+                                                      resamples)))
+
+
+def test_resamples_are_seeded_blocked_and_do_not_depend_on_the_encoder():
+    counts = _blocks(37, 250)
+    assert counts.shape == (250, 37) and (counts.sum(1) == 37).all() and counts.dtype == np.int32
+    assert np.array_equal(counts, _blocks(37, 250))  # rerun: identical
+    assert not np.array_equal(counts, _blocks(37, 250, name="other task"))
+    # the key has no encoder in it: a Resampler hands every encoder of a unit the same blocks
+    r = bootstrap.Resampler(seed=0, resamples=250)
+    key = r.key("t", "d", 37)
+    assert key == bootstrap.resample_key(0, "t", "d", 37, 250)
+    assert np.array_equal(np.concatenate(list(r.blocks(key, 37))), counts)
+    # about n / e items are never drawn in a resample, as sampling with replacement should
+    assert abs((counts == 0).mean() - math.exp(-1)) < 0.02
+
+
+def test_interval_is_the_percentile_interval_and_identical_replicates_differ_by_zero():
+    reps = np.arange(1001, dtype=float)
+    assert bootstrap.interval(reps) == pytest.approx([25.0, 975.0])
+    assert bootstrap.interval(reps - reps) == [0.0, 0.0]
+    assert bootstrap.interval(np.full(5, np.nan)) is None
+
+
+def test_retrieval_statistic_equals_an_explicit_loop():
+    rng = np.random.default_rng(1)
+    n = 40
+    labels = rng.integers(0, 4, n)
+    ap = rng.random(n)
+    ap[[3, 17]] = np.nan  # queries without positives count nowhere
+    task = Retrieval("r", **validate_options(Retrieval.option_schema(), {}, "t"))
+    counts = _blocks(n)
+    got = task.resample({"labels": labels, "AP": ap}, counts)
+    for r, idx in enumerate(_rows(counts)):
+        assert got["AP"][r] == pytest.approx(round(100 * mean_ap(ap[idx]), 6), abs=2e-6)
+        assert got["mAP"][r] == pytest.approx(round(100 * class_mean_ap(ap[idx], labels[idx]), 6), abs=2e-6)
+
+
+def test_probe_statistic_equals_an_explicit_loop():
+    rng = np.random.default_rng(2)
+    n, epochs = 30, 5
+    per_item = {"items": np.arange(n).astype(str), "top1": rng.random((n, epochs)) < 0.6,
+                "topk": rng.random((n, epochs)) < 0.9, "top1_heldout": rng.random(n) < 0.5,
+                "topk_heldout": rng.random(n) < 0.8}
+    task = LinearProbe("p", **validate_options(LinearProbe.option_schema(), {}, "t"))
+    counts = _blocks(n)
+    got = task.resample(per_item, counts)
+    for r, idx in enumerate(_rows(counts)):
+        acc = [100.0 * per_item["top1"][idx, e].sum() / n for e in range(epochs)]
+        best = int(np.argmax(acc))
+        assert got["top1_best_epoch"][r] == max(acc)
+        assert got["top3_best_epoch"][r] == 100.0 * per_item["topk"][idx, best].sum() / n
+        assert got["top1_final"][r] == acc[-1]
+        assert got["top1_heldout"][r] == 100.0 * per_item["top1_heldout"][idx].sum() / n
+
+
+def _areas(rng, n, C):
+    label = rng.integers(0, 50, (n, C))
+    pred = rng.integers(0, 50, (n, C))
+    inter = np.minimum(label, pred) // 2
+    label[0, 1] = pred[0, 1] = inter[0, 1] = 0  # a class absent from an image
+    return {"items": np.arange(n).astype(str), "intersect": inter, "union": label + pred - inter, "pred": pred,
+            "label": label}
+
+
+def test_segmentation_statistic_sums_the_resampled_images_areas_as_iou_metric_does():
+    import torch
+    from mmseg.evaluation import IoUMetric
+
+    rng = np.random.default_rng(3)
+    per_item = _areas(rng, 12, 6)
+    counts = _blocks(12)
+    got = ls.resampled_scores(per_item, counts, decimals=4)
+    for r, idx in enumerate(_rows(counts)):
+        sums = [torch.tensor(per_item[a][idx].sum(0), dtype=torch.float64) for a in ls.AREAS]
+        want = ls.scores_from_areas(sums, [str(c) for c in range(6)])
+        assert [got[m][r] for m in ("mIoU", "mAcc", "aAcc")] == [want[m] for m in ("mIoU", "mAcc", "aAcc")]
+        assert IoUMetric  # the reference is mmseg's own total_area_to_metrics (through scores_from_areas)
+
+
+def test_miou_is_summed_intersection_over_summed_union_not_a_mean_of_image_ious():
+    # two images, two classes; image 0: class 0 intersect 10 of union 20, class 1 intersect 1 of union 1;
+    # image 1: class 0 intersect 90 of union 100, class 1 intersect 0 of union 9
+    per_item = {"items": np.array(["a", "b"]), "intersect": np.array([[10, 1], [90, 0]]),
+                "union": np.array([[20, 1], [100, 9]]), "pred": np.array([[15, 1], [95, 5]]),
+                "label": np.array([[15, 1], [95, 4]])}
+    # resample "b, b" and "a, b": by hand
+    got = ls.resampled_scores(per_item, np.array([[0, 2], [1, 1]], np.int32), decimals=4)
+    assert got["mIoU"][0] == round((180 / 200 + 0 / 18) / 2 * 100, 4) == 45.0
+    assert got["mIoU"][1] == round((100 / 120 + 1 / 10) / 2 * 100, 4)
+    # averaging the images' IoU instead would give ((0.5 + 1) / 2 + (0.9 + 0) / 2) / 2 = 0.6: not what we do
+    assert got["mIoU"][1] != 60.0
+    assert got["aAcc"][1] == round(101 / 115 * 100, 4)
+
+
+def _coco(tmp_path, name, images, persons):
+    doc = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 400, "height": 400} for i in images],
+           "annotations": persons,
+           "categories": [{"id": 1, "name": "person", "keypoints": COCO_KEYPOINT_NAMES, "skeleton": []}]}
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_pose_statistic_equals_cocoeval_on_an_explicitly_resampled_image_set(tmp_path):
+    rng = np.random.default_rng(4)
+    images = list(range(1, 9))
+    persons, preds = [], []
+    for img in images:
+        for _ in range(int(rng.integers(0, 4))):  # 0 to 3 persons; some images have none
+            kp = np.zeros((17, 3))
+            kp[:, :2] = rng.uniform(50, 350, (17, 2))
+            kp[:, 2] = rng.integers(0, 3, 17)
+            crowd = int(rng.random() < 0.1)
+            persons.append({"id": len(persons) + 1, "image_id": img, "category_id": 1, "iscrowd": crowd,
+                            "num_keypoints": int((kp[:, 2] > 0).sum()), "area": float(rng.uniform(2000, 20000)),
+                            "bbox": [40.0, 40.0, 300.0, 300.0], "keypoints": kp.ravel().tolist()})
+            preds.append((img, kp[:, :2] + rng.normal(0, rng.uniform(2, 25), (17, 2))))
+        if rng.random() < 0.4:  # a false detection
+            preds.append((img, rng.uniform(50, 350, (17, 2))))
+    scores = rng.random(len(preds))  # continuous: no ties between detections
+    gt = _coco(tmp_path, "gt.json", images, persons)
+    results = keypoint_results([p[0] for p in preds], np.stack([p[1] for p in preds]), np.ones((len(preds), 17)),
+                               scores)
+    data = {}
+    stats = evaluate_keypoints(gt, results, image_ids=images, per_image=data)
+    assert list(data["items"]) == images
+    counts = np.vstack([np.ones((1, len(images)), np.int32), _blocks(len(images), 6)])
+    got = resampled_stats(data, counts)
+    for name in ("AP", "AP50", "AP75", "AR", "AR50"):
+        assert got[name][0] == stats[name] or (math.isnan(got[name][0]) and math.isnan(stats[name]))
+    for r, c in enumerate(counts[1:], 1):
+        # the resample materialised: image i drawn k times becomes k images (ids in image order, then copy)
+        new_ids, new_persons, new_results = [], [], []
+        for i, k in zip(images, c):
+            for copy in range(k):
+                nid = i * 100 + copy
+                new_ids.append(nid)
+                new_persons += [{**p, "id": len(new_persons) + j + 1, "image_id": nid}
+                                for j, p in enumerate(q for q in persons if q["image_id"] == i)]
+                new_results += [{**res, "image_id": nid} for res in results if res["image_id"] == i]
+        want = evaluate_keypoints(_coco(tmp_path, f"gt{r}.json", new_ids, new_persons), new_results,
+                                  image_ids=new_ids)
+        for name in ("AP", "AP50", "AP75", "AR", "AR50"):
+            assert got[name][r] == want[name] or (math.isnan(got[name][r]) and math.isnan(want[name])), (r, name)
+
+
+def test_check_resample_names_a_statistic_that_misses_the_metric():
+    task = LinearProbe("p", **validate_options(LinearProbe.option_schema(), {}, "t"))
+    per_item = {"items": np.array(["a", "b"]), "top1": np.array([[True], [False]]),
+                "topk": np.array([[True], [True]])}
+    ok = {"metrics": {"top1_best_epoch": 50.0, "top1_final": 50.0, "top3_best_epoch": 100.0}, "per_item": per_item}
+    assert check_resample(task, ok)["top1_final"] == 50.0
+    with pytest.raises(AssertionError, match="top1_final"):
+        check_resample(task, {**ok, "metrics": {**ok["metrics"], "top1_final": 50.1}})
