@@ -181,3 +181,88 @@ def test_check_resample_names_a_statistic_that_misses_the_metric():
     assert check_resample(task, ok)["top1_final"] == 50.0
     with pytest.raises(AssertionError, match="top1_final"):
         check_resample(task, {**ok, "metrics": {**ok["metrics"], "top1_final": 50.1}})
+
+
+DONE_WHEN = """
+seed: 0
+encoders:
+  rv_a: {{plugin: random_vit, options: {{depth: 2, embed_dim: 32, num_heads: 2, patch_size: 16, img_size: 64}}}}
+  rv_b: {{plugin: random_vit, options: {{depth: 2, embed_dim: 32, num_heads: 2, patch_size: 16, img_size: 64}}}}
+  px: {{plugin: pixels, options: {{patch_size: 16, grid: 8}}}}
+datasets:
+  parts: {{plugin: synthetic_parts, options: {{num_images: 30, format: cub, root: {root}}}}}
+tasks:
+  ret: {{plugin: retrieval, options: {{representation: cls, transform: "resize:64"}}}}
+  lin: {{plugin: linear_probe, options: {{epochs: 4, batch_size: 32, train_transform: "resize:64",
+                                        test_transform: "resize:64"{seeds}}}}}
+"""
+
+
+def _run(tmp_path, out, seeds="", extra=()):
+    from harness.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(DONE_WHEN.format(root=tmp_path / "gen", seeds=seeds))
+    assert main(["run", str(spec), "--out", str(out), "--no-progress", *extra]) == 0
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))}
+
+
+@pytest.mark.slow
+def test_done_when_two_identical_encoders_differ_by_exactly_zero(tmp_path, capsys):
+    from harness.cli import main
+
+    results = _run(tmp_path, tmp_path / "out")
+    printed = capsys.readouterr().out
+    assert len(results) == 6
+    for unit, r in results.items():
+        assert r["status"] == "ok" and not r["warnings"], (unit, r["warnings"])
+        metric = r["headline"][0]
+        lo, hi = r["intervals"]["ci95"][metric]
+        assert lo <= r["metrics"][metric] <= hi and hi > lo, (unit, metric, lo, hi)
+        assert r["intervals"]["resamples"] == 1000
+    # the report prints every headline number with its interval, and the paired table
+    assert "[" in printed and "paired differences" in printed and "excludes 0" in printed
+    pairs = json.loads((tmp_path / "out" / "comparisons.json").read_text())
+    same = [p for p in pairs if {p["a"], p["b"]} == {"rv_a", "rv_b"}]
+    assert {p["task"] for p in same} == {"ret", "lin"}
+    for p in same:
+        assert p["difference"] == 0.0 and p["ci95"] == [0.0, 0.0] and not p["excludes_zero"]
+    assert any(p["b"] == "px" for p in pairs)
+    # seeded: a rerun gives identical intervals and replicates
+    again = _run(tmp_path, tmp_path / "again", extra=["--force"])
+    for unit, r in results.items():
+        assert again[unit]["intervals"] == r["intervals"] and again[unit]["metrics"] == r["metrics"]
+        with np.load(tmp_path / "out" / r["per_item"]["file"]) as a, \
+                np.load(tmp_path / "again" / r["per_item"]["file"]) as b:
+            assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    # harness compare: the same units of two folders, paired; identical runs differ by exactly 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "out"), str(tmp_path / "again"), "--json", str(tmp_path / "c.json")]) == 0
+    rows = json.loads((tmp_path / "c.json").read_text())
+    assert len(rows) == 6 and all(r["difference"] == 0.0 and r["ci95"] == [0.0, 0.0] for r in rows)
+    assert "A − B" in capsys.readouterr().out
+    # folders whose units differ: one line naming them
+    (tmp_path / "again" / "results" / "ret__parts__px.json").unlink()
+    assert main(["compare", str(tmp_path / "out"), str(tmp_path / "again")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "hold different units" in err and "ret__parts__px" in err
+
+
+@pytest.mark.slow
+def test_seeds_report_mean_std_and_the_interval_of_the_mean(tmp_path):
+    results = _run(tmp_path, tmp_path / "out", seeds=", seeds: [0, 1, 2]")
+    r = results["lin__parts__rv_a"]
+    assert r["status"] == "ok" and not r["warnings"], r["warnings"]
+    s = r["seeds"]
+    assert s["seeds"] == [0, 1, 2]
+    for m in r["headline"]:
+        assert r["metrics"][m] == pytest.approx(np.mean(s["values"][m]), abs=1e-12)
+        assert s["std"][m] == pytest.approx(np.std(s["values"][m], ddof=1))
+        lo, hi = r["intervals"]["ci95"][m]
+        assert lo <= r["metrics"][m] <= hi
+    assert len(set(s["values"]["top1_final"])) > 1 or s["std"]["top1_final"] == 0.0
+    assert any(a.startswith(f"artifacts/lin__parts__rv_a/seed{k}/") for a in r["artifacts"] for k in (0, 1, 2))
+    with np.load(tmp_path / "out" / r["per_item"]["file"]) as f:
+        assert {"seed0/top1", "seed1/top1", "seed2/top1", "items", "bootstrap/top1_final"} <= set(f.files)
+    # retrieval trains nothing: no seeds option
+    assert "seeds" not in results["ret__parts__rv_a"]
