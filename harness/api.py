@@ -515,7 +515,8 @@ _LAZY = {"Executor": "harness.execution", "encode": "harness.execution", "valida
          "Plugins": "harness.plugins", "build_plan": "harness.spec", "run_spec": "harness.runner",
          "FeatureCache": "harness.cache", "default_cache_dir": "harness.cache", "array_checksum": "harness.cache",
          "FeatureEngine": "harness.features", "default_workers": "harness.loading", "load_batches": "harness.loading",
-         "paired_difference": "harness.compare", "with_interval": "harness.report", "error_bars": "harness.report"}
+         "paired_difference": "harness.compare", "paired_differences": "harness.compare",
+         "with_interval": "harness.report", "error_bars": "harness.report"}
 
 
 def __getattr__(name: str):

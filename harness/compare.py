@@ -56,7 +56,7 @@ def paired_difference(a: dict, b: dict, dir_a, dir_b=None, metric: str | None = 
             "excludes_zero": bool(ci is not None and (ci[0] > 0 or ci[1] < 0)), "resamples": len(ra)}
 
 
-def within_run(results: list[dict], out_dir) -> list[dict]:
+def paired_differences(results: list[dict], out_dir) -> list[dict]:
     """Every pair of encoders of each (task, dataset) of one output folder, in run order."""
     groups: "OrderedDict[tuple, list[dict]]" = OrderedDict()
     for r in results:

@@ -106,10 +106,11 @@ def tables(results: list[dict]) -> "OrderedDict[str, tuple[list[str], list[list]
     return out
 
 
-def render(results: list[dict], fmt: str = "simple", reports: list[Report] | None = None, out_dir=None) -> str:
+def render(results: list[dict], fmt: str = "simple", reports: list[Report] | None = None, out_dir=None,
+           pairs: list[dict] | None = None) -> str:
     """The tables of every task (numbers with their intervals), the paired differences between the encoders of
-    each (task, dataset) when ``out_dir`` (the folder holding the per-item files) is given, then every report
-    plugin's text."""
+    each (task, dataset) (``pairs``, else computed when ``out_dir``, the folder of the per-item files, is given),
+    then every report plugin's text."""
     parts = []
     for task, (header, rows) in tables(results).items():
         parts.append(f"## {task}\n" if fmt == "github" else f"{task}")
@@ -126,8 +127,10 @@ def render(results: list[dict], fmt: str = "simple", reports: list[Report] | Non
         parts.append("")
     if legend(results):
         parts += [legend(results), ""]
-    if out_dir is not None:
-        parts.append(compare.markdown(compare.within_run(results, out_dir), fmt))
+    if pairs is None and out_dir is not None:
+        pairs = compare.paired_differences(results, out_dir)
+    if pairs:
+        parts.append(compare.markdown(pairs, fmt))
     for rep in reports if reports is not None else report_plugins():
         text = _guarded(rep, "rendering", lambda rep=rep: rep.render(results, fmt), "")
         if text:
@@ -204,7 +207,8 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
     reports = report_plugins(plugins)
     written = {}
     md = out / "report.md"
-    write_text_atomic(md, render(results, "github", reports, out), "writing the report")
+    pairs = compare.paired_differences(results, out)
+    write_text_atomic(md, render(results, "github", reports, pairs=pairs), "writing the report")
     written["markdown"] = md
     write_text_atomic(out / "results.csv", _csv(results), "writing the report")
     written["csv"] = out / "results.csv"
@@ -212,7 +216,7 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
                                       "seeds", "error")} for r in results]
     write_json_atomic(out / "summary.json", summary)
     written["json"] = out / "summary.json"
-    write_json_atomic(out / "comparisons.json", compare.within_run(results, out))
+    write_json_atomic(out / "comparisons.json", pairs)
     written["comparisons"] = out / "comparisons.json"
     if figure:
         path = out / "summary.png"
