@@ -266,3 +266,28 @@ def test_seeds_report_mean_std_and_the_interval_of_the_mean(tmp_path):
         assert {"seed0/top1", "seed1/top1", "seed2/top1", "items", "bootstrap/top1_final"} <= set(f.files)
     # retrieval trains nothing: no seeds option
     assert "seeds" not in results["ret__parts__rv_a"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("bootstrap=5", "bootstrap: expected the number of bootstrap resamples"),
+    ("bootstrap=yes", "bootstrap: expected the number of bootstrap resamples"),
+    ("tasks.tiny_linear.options.seeds=[0, 0]", "seeds: .*distinct non-negative integers"),
+    ("tasks.tiny_retrieval.options.seeds=[0, 1]", "seeds.*unknown option"),  # retrieval trains nothing
+])
+def test_bad_bootstrap_and_seeds_settings_are_one_line_spec_errors(override, message):
+    from harness.api import Plugins, SpecError, build_plan
+
+    from test_demo import DEMO
+
+    with pytest.raises(SpecError, match=message) as err:
+        build_plan(DEMO, Plugins(), [override])
+    assert "\n" not in str(err.value)
+
+
+def test_bootstrap_zero_means_no_intervals_and_the_default_is_1000():
+    from harness.api import Plugins, build_plan
+
+    from test_demo import DEMO
+
+    assert build_plan(DEMO, Plugins()).bootstrap == 1000
+    assert build_plan(DEMO, Plugins(), ["bootstrap=0"]).bootstrap == 0
