@@ -6,9 +6,10 @@ items its headline metric averages over: queries, test items, images) and implem
 int32 matrix [b, n] saying how often each item is drawn in each of b resamples (an all-ones row is the data
 itself, and must give the reported metric exactly: the runner checks it on every unit).
 
-The resamples of a unit are drawn from the spec's seed, the task's and the dataset's names and n: never from the
-encoder, so every encoder of a (task, dataset) is scored on the same resamples and two results of it are paired
-by construction (their difference's interval is the percentile interval of the replicate differences). They
+The resamples of a unit are drawn from the spec's seed and the keys of its items: never from the encoder, so every
+encoder of a (task, dataset) is scored on the same resamples, and so is any other result on the same items (e.g.
+the same dataset under retrieval of another representation): two such results are paired by construction (their
+difference's interval is the percentile interval of the replicate differences). They
 come in blocks of ``BLOCK`` rows, each block from its own seed, so a block never holds more than BLOCK x n
 counts in memory, and the draws do not depend on how many blocks are used.
 """
@@ -27,10 +28,13 @@ METHOD = "percentile bootstrap"
 PREFIX = "bootstrap/"
 
 
-def resample_key(seed: int, task: str, dataset: str, n: int, resamples: int) -> str:
-    """Names the resamples of a unit: equal keys, equal resamples (the pairing of two results rests on it)."""
-    text = f"{int(seed)}\t{task}\t{dataset}\t{int(n)}\t{int(resamples)}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def resample_key(seed: int, items, resamples: int) -> str:
+    """Names the resamples of a unit from the seed, the item keys (in order) and B: equal keys, equal resamples
+    (the pairing of two results rests on it)."""
+    h = hashlib.sha256(f"{int(seed)}\t{int(resamples)}\t{len(items)}\n".encode())
+    for k in items:
+        h.update(f"{k}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def count_blocks(key: str, n: int, resamples: int) -> Iterator[np.ndarray]:
@@ -45,16 +49,16 @@ def count_blocks(key: str, n: int, resamples: int) -> Iterator[np.ndarray]:
 
 
 class Resampler:
-    """The count blocks of the units of a run, drawn once per (task, dataset, n) and reused for every encoder
-    (kept while they fit in ``budget`` bytes; beyond that they are drawn again, identically)."""
+    """The count blocks of the units of a run, drawn once per item set and reused for every encoder (kept while
+    they fit in ``budget`` bytes; beyond that they are drawn again, identically)."""
 
     def __init__(self, seed: int, resamples: int, budget: int = 256 << 20):
         self.seed, self.resamples, self.budget = int(seed), int(resamples), budget
         self._kept: dict[str, list[np.ndarray]] = {}
         self._bytes = 0
 
-    def key(self, task: str, dataset: str, n: int) -> str:
-        return resample_key(self.seed, task, dataset, n, self.resamples)
+    def key(self, items) -> str:
+        return resample_key(self.seed, items, self.resamples)
 
     def blocks(self, key: str, n: int) -> list[np.ndarray] | Iterator[np.ndarray]:
         if key in self._kept:

@@ -460,7 +460,7 @@ def _intervals(task: Task, unit: Unit, per_seed: list[dict], metrics: dict, seed
                         f"itself, the metric is {metrics.get(m)!r}")
     if not kept:
         return arrays, None, warnings
-    key = resampler.key(unit.task, unit.dataset, n)
+    key = resampler.key(per_seed[0]["items"].tolist())
     reps = bootstrap.replicates(task.resample, per_seed, resampler.blocks(key, n))
     ci = {}
     for m in kept:

@@ -25,19 +25,20 @@ def _rows(counts):
 
 
 def _blocks(n, resamples=200, name="t"):
-    return np.concatenate(list(bootstrap.count_blocks(bootstrap.resample_key(0, name, "d", n, resamples), n,
-                                                      resamples)))
+    items = [f"{name}/{i}" for i in range(n)]
+    return np.concatenate(list(bootstrap.count_blocks(bootstrap.resample_key(0, items, resamples), n, resamples)))
 
 
 def test_resamples_are_seeded_blocked_and_do_not_depend_on_the_encoder():
     counts = _blocks(37, 250)
     assert counts.shape == (250, 37) and (counts.sum(1) == 37).all() and counts.dtype == np.int32
     assert np.array_equal(counts, _blocks(37, 250))  # rerun: identical
-    assert not np.array_equal(counts, _blocks(37, 250, name="other task"))
+    assert not np.array_equal(counts, _blocks(37, 250, name="other items"))
     # the key has no encoder in it: a Resampler hands every encoder of a unit the same blocks
     r = bootstrap.Resampler(seed=0, resamples=250)
-    key = r.key("t", "d", 37)
-    assert key == bootstrap.resample_key(0, "t", "d", 37, 250)
+    key = r.key([f"t/{i}" for i in range(37)])
+    assert key == bootstrap.resample_key(0, [f"t/{i}" for i in range(37)], 250)
+    assert key != bootstrap.Resampler(seed=1, resamples=250).key([f"t/{i}" for i in range(37)])
     assert np.array_equal(np.concatenate(list(r.blocks(key, 37))), counts)
     # about n / e items are never drawn in a resample, as sampling with replacement should
     assert abs((counts == 0).mean() - math.exp(-1)) < 0.02

@@ -11,7 +11,7 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from harness.api import error_bars, hookimpl, with_interval
+from harness.api import error_bars, hookimpl, paired_difference, with_interval
 
 from .grouped import GroupedReport
 from .levels import _metric, interval
@@ -19,9 +19,12 @@ from .levels import _metric, interval
 IGNORED = ("representation", "extra")  # options that name what is read, not how the task runs
 
 
-def representation_groups(results: list[dict]) -> list[dict]:
-    """[{task_plugin, dataset, level, encoder, metric, values: {representation: value}}], in run order."""
+def representation_groups(results: list[dict], out_dir=None) -> list[dict]:
+    """[{task_plugin, dataset, level, encoder, metric, values: {representation: value}, ci95: {representation:
+    [lo, hi]}}], in run order; with ``out_dir`` (the folder of the per-item files) also ``paired``: {"<rep> −
+    <first rep>": the paired difference} (the same queries resampled for both)."""
     groups: "OrderedDict[tuple, dict]" = OrderedDict()
+    firsts: dict = {}
     for r in results:
         opts = ((r.get("config") or {}).get("task") or {}).get("options") or {}
         rep = opts.get("representation")
@@ -31,8 +34,15 @@ def representation_groups(results: list[dict]) -> list[dict]:
         key = (r.get("task_plugin") or r["task"], r["dataset"], r["encoder"], same)
         g = groups.setdefault(key, {"task_plugin": key[0], "dataset": r["dataset"], "level": r.get("dataset_level"),
                                     "encoder": r["encoder"], "metric": _metric(r), "values": OrderedDict()})
-        g["values"].setdefault(rep, float(r["metrics"].get(g["metric"], float("nan"))))
-        g.setdefault("ci95", OrderedDict()).setdefault(rep, interval(r, g["metric"]))
+        if rep in g["values"]:
+            continue
+        g["values"][rep] = float(r["metrics"].get(g["metric"], float("nan")))
+        g.setdefault("ci95", OrderedDict())[rep] = interval(r, g["metric"])
+        first_rep, first = firsts.setdefault(key, (rep, r))
+        found = None if out_dir is None or first is r else paired_difference(r, first, out_dir, metric=g["metric"])
+        if found:
+            g.setdefault("paired", OrderedDict())[f"{rep} − {first_rep}"] = {
+                k: found[k] for k in ("difference", "ci95", "excludes_zero")}
     return [g for g in groups.values() if len(g["values"]) > 1]
 
 
@@ -89,7 +99,7 @@ class EncodedVsProjected(GroupedReport):
     stem = "representations"
 
     def groups(self, results, out_dir=None):
-        return representation_groups(results)
+        return representation_groups(results, out_dir)
 
     def markdown(self, groups, fmt):
         return representation_markdown(groups, fmt)
