@@ -454,8 +454,9 @@ def _intervals(task: Task, unit: Unit, per_seed: list[dict], metrics: dict, seed
         return arrays, None, ["no intervals: the seeds' runs scored different items"]
     warnings = []
     at_identity = bootstrap.identity(task.resample, per_seed, n)
-    kept = [m for m, v in at_identity.items() if m in metrics and bootstrap.same_value(v, metrics[m])]
-    for m in sorted(set(at_identity) - set(kept)):
+    kept = [m for m, v in at_identity.items() if m in metrics and bootstrap.same_value(v, metrics[m])
+            and not bootstrap.same_value(v, None)]  # a metric without a value has no interval
+    for m in sorted(m for m in set(at_identity) - set(kept) if not bootstrap.same_value(metrics.get(m), None)):
         warnings.append(f"no interval for {m}: its bootstrap statistic gives {at_identity[m]!r} on the data "
                         f"itself, the metric is {metrics.get(m)!r}")
     if not kept:

@@ -34,3 +34,16 @@ def nanmean_rows(values: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(values, axis=1)
+
+
+def class_sums(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[b, classes]: per class, the sum of ``weights`` [b, n] over its items (classes 0 .. max label), without
+    a one-hot matrix: items sorted by class (stably), each class's run summed."""
+    labels = np.asarray(labels, dtype=np.int64)
+    C = int(labels.max()) + 1 if len(labels) else 0
+    order = np.argsort(labels, kind="stable")
+    present, starts = np.unique(labels[order], return_index=True)
+    out = np.zeros((weights.shape[0], C), dtype=np.result_type(weights, np.float64))
+    if len(present):
+        out[:, present] = np.add.reduceat(weights[:, order], starts, axis=1)
+    return out

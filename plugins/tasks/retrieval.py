@@ -20,7 +20,7 @@ import numpy as np
 from harness.api import HarnessError, Option, Task, hookimpl
 from harness.api import FeatureRequest
 
-from .resampling import elementwise, nanmean_rows, weighted_sums
+from .resampling import class_sums, elementwise, nanmean_rows
 from .retrieval_metrics import auto_block_size, class_mean_ap, mean_ap, per_class_ap, retrieval_ap_part
 
 VECTOR_REPS = ("cls", "mean_patch", "projected")
@@ -178,18 +178,16 @@ class Retrieval(Task):
         resampled queries (classes drawn without a query with positives left out), for the reported
         representation (AP, mAP) and each computed one (AP.<rep>, mAP.<rep>)."""
         labels = np.asarray(per_item["labels"], dtype=np.int64)
-        onehot = np.zeros((len(labels), int(labels.max()) + 1 if len(labels) else 0))
-        onehot[np.arange(len(labels)), labels] = 1.0
         out = {}
         for name in [k for k in per_item if k == "AP" or k.startswith("AP.")]:
             ap = np.asarray(per_item[name], dtype=np.float64)
             valid = ~np.isnan(ap)
             w = counts * valid  # queries without positives count nowhere
+            drawn = counts * np.where(valid, ap, 0.0)  # [b, n]: each query's AP times how often it is drawn
             with np.errstate(invalid="ignore", divide="ignore"):
-                ap_mean = weighted_sums(counts, np.where(valid, ap, 0.0)) / w.sum(1)
-                class_sums = weighted_sums(counts, np.where(valid, ap, 0.0)[:, None] * onehot)
-                class_n = weighted_sums(w, onehot)
-                class_means = np.where(class_n > 0, class_sums / np.maximum(class_n, 1), np.nan)
+                ap_mean = drawn.sum(1) / w.sum(1)
+                n_class = class_sums(w, labels)
+                class_means = np.where(n_class > 0, class_sums(drawn, labels) / np.maximum(n_class, 1), np.nan)
                 class_map = nanmean_rows(class_means)
             suffix = name[2:]
             out["AP" + suffix] = elementwise(_pct, ap_mean)
