@@ -27,12 +27,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DEMO = Path(__file__).resolve().parents[1] / "specs" / "demo.yaml"
 
 
-def run(out: Path, resamples: int) -> tuple[float, float, list[dict]]:
+def run(out: Path, resamples: int, overrides=()) -> tuple[float, float, list[dict]]:
     """(wall seconds of run + report, seconds spent on intervals and comparisons, results)."""
     from harness.api import paired_differences, run_spec
 
     t0 = time.perf_counter()
-    results = run_spec(DEMO, out, overrides=[f"bootstrap={resamples}"], force=True)
+    results = run_spec(DEMO, out, overrides=[*overrides, f"bootstrap={resamples}"], force=True)
     wall = time.perf_counter() - t0
     t1 = time.perf_counter()
     paired_differences(list(results), out)  # what the report adds for the paired table and comparisons.json
@@ -44,16 +44,19 @@ def run(out: Path, resamples: int) -> tuple[float, float, list[dict]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, alternating (default 2)")
+    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a spec override for a slice of the demo, e.g. -o 'run=[{encoders: [tiny_mim], datasets: "
+                         "[objects], tasks: [tiny_retrieval, tiny_linear]}]' (default: the whole demo)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-intervals-") as tmp:
         tmp = Path(tmp)
         os.environ.setdefault("HARNESS_CACHE_DIR", str(tmp / "cache"))
-        run(tmp / "warm", 0)  # generated data and feature cache, for both variants alike
+        run(tmp / "warm", 0, args.override)  # generated data and feature cache, for both variants alike
         walls = {0: [], 1000: []}
         shares, metrics = [], {}
         for k in range(args.rounds):
             for resamples in (0, 1000):
-                wall, spent, results = run(tmp / f"r{k}-{resamples}", resamples)
+                wall, spent, results = run(tmp / f"r{k}-{resamples}", resamples, args.override)
                 walls[resamples].append(wall)
                 metrics[resamples] = {r["unit"]: r["metrics"] for r in results}
                 if resamples:
