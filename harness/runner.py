@@ -375,7 +375,7 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
         per_seed = [r["per_item"] for r in runs if r.get("per_item")]
         if per_seed and len(per_seed) == len(runs) and main:
             t1 = time.perf_counter()
-            arrays, intervals, problems = _intervals(task, unit, per_seed, result["metrics"], seeds, resampler)
+            arrays, intervals, problems = _intervals(task, per_seed, result["metrics"], seeds, resampler)
             result["warnings"] += problems
             result["per_item"] = _write_per_item(out, unit, arrays)
             if intervals:
@@ -435,7 +435,7 @@ def _number(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _intervals(task: Task, unit: Unit, per_seed: list[dict], metrics: dict, seeds, resampler):
+def _intervals(task: Task, per_seed: list[dict], metrics: dict, seeds, resampler):
     """(npz arrays, the result's ``intervals`` or None, warnings): the per-item arrays (each seed's under
     ``seed<s>/``) and the bootstrap replicates of every metric the task resamples (``bootstrap/<metric>``)."""
     import numpy as np
@@ -452,6 +452,13 @@ def _intervals(task: Task, unit: Unit, per_seed: list[dict], metrics: dict, seed
     n = len(per_seed[0]["items"])
     if any(not np.array_equal(a.get("items"), per_seed[0]["items"]) for a in per_seed):
         return arrays, None, ["no intervals: the seeds' runs scored different items"]
+    try:
+        return _resampled(task, per_seed, metrics, resampler, arrays, n)
+    except Exception as exc:  # noqa: BLE001 - the metrics stand without their intervals
+        return arrays, None, [f"no intervals: the task's resample failed ({type(exc).__name__}: {exc})"]
+
+
+def _resampled(task: Task, per_seed: list[dict], metrics: dict, resampler, arrays: dict, n: int):
     warnings = []
     at_identity = bootstrap.identity(task.resample, per_seed, n)
     kept = [m for m, v in at_identity.items() if m in metrics and bootstrap.same_value(v, metrics[m])
