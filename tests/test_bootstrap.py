@@ -292,3 +292,26 @@ def test_bootstrap_zero_means_no_intervals_and_the_default_is_1000():
 
     assert build_plan(DEMO, Plugins()).bootstrap == 1000
     assert build_plan(DEMO, Plugins(), ["bootstrap=0"]).bootstrap == 0
+
+
+def test_runner_refuses_an_interval_whose_statistic_misses_the_metric_and_survives_a_failing_one():
+    from harness.api import Task
+    from harness.runner import _intervals
+
+    class Mean(Task):
+        def resample(self, per_item, counts):
+            return {"m": counts @ per_item["x"] / counts.shape[1], "other": np.zeros(len(counts))}
+
+    class Broken(Task):
+        def resample(self, per_item, counts):
+            raise ValueError("boom")
+
+    per_item = [{"items": np.array(["a", "b", "c", "d"]), "x": np.array([1.0, 2.0, 3.0, 6.0])}]
+    resampler = bootstrap.Resampler(0, 200)
+    arrays, found, warnings = _intervals(Mean("t"), per_item, {"m": 3.0, "other": 0.0}, None, resampler)
+    assert not warnings and set(found["ci95"]) == {"m", "other"} and arrays["bootstrap/m"].shape == (200,)
+    arrays, found, warnings = _intervals(Mean("t"), per_item, {"m": 3.5, "other": 0.0}, None, resampler)
+    assert set(found["ci95"]) == {"other"} and "bootstrap/m" not in arrays
+    assert warnings == ["no interval for m: its bootstrap statistic gives 3.0 on the data itself, the metric is 3.5"]
+    arrays, found, warnings = _intervals(Broken("t"), per_item, {"m": 3.0}, None, resampler)
+    assert found is None and "boom" in warnings[0] and "x" in arrays  # the per-item data are still written
