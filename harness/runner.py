@@ -271,7 +271,7 @@ def _what_changed(plan: Plan, unit: Unit, prev: dict, inputs: dict) -> str:
                     f"dataset '{unit.dataset}' split '{split}' cannot be loaded now")
     if prev.get("config", {}).get("seed") != plan.seed:
         return "the seed changed"
-    if (prev.get("intervals") or {}).get("resamples", plan.bootstrap) != plan.bootstrap:
+    if prev.get("config", {}).get("bootstrap") != plan.bootstrap:
         return "the number of bootstrap resamples changed"
     return "its configuration changed"
 

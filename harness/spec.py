@@ -308,7 +308,7 @@ class Plan:
         return {"encoder": {"name": unit.encoder, **c["encoders"][unit.encoder]},
                 "dataset": {"name": unit.dataset, **c["datasets"][unit.dataset]},
                 "task": {"name": unit.task, **c["tasks"][unit.task]},
-                "seed": self.seed}
+                "seed": self.seed, "bootstrap": self.bootstrap}
 
 
 def _check_device_available(device: str, where: str) -> None:
