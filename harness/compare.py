@@ -112,5 +112,6 @@ def markdown(rows: list[dict], fmt: str = "github", title: str = "paired differe
         table = [[r["a"], r["b"], f"{r['difference']:+.2f}",
                   "" if r["ci95"] is None else f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]",
                   "yes" if r["excludes_zero"] else "no"] for r in rs]
-        parts += [tabulate(table, headers=["A", "B", "A − B", "95 % CI", "excludes 0"], tablefmt=fmt), ""]
+        parts += [tabulate(table, headers=["A", "B", "A − B", "95 % CI", "excludes 0"], tablefmt=fmt,
+                           disable_numparse=True), ""]
     return "\n".join(parts)
