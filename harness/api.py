@@ -23,7 +23,7 @@ REQUIRED = object()  # sentinel: an Option without a default must be given in th
 #: the core's own version: bump it when the core changes what features or results are (transforms,
 #: normalisation, the feature layout, how a result is computed from a task's output). It enters every feature
 #: cache key and every result key, as a plugin's ``version`` does for what the plugin computes.
-CORE_VERSION = "1"
+CORE_VERSION = "2"  # 2: results carry bootstrap intervals (intervals, per-item npz)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -355,7 +355,9 @@ class Task(_Plugin):
     details   anything JSON-serialisable (per-class numbers, curves, choices made)
     artifacts list of file paths written under ``ctx.out_dir``
     per_item  optional: name -> numpy array of per-item data the headline metric is computed from (e.g.
-              the AP of every query); stored in ``results/<unit>.npz`` beside the result JSON
+              the AP of every query); stored in ``results/<unit>.npz`` beside the result JSON. With
+              ``items`` (the keys of the n items the metric averages over) and ``resample`` below, the core
+              gives every metric ``resample`` returns a bootstrap interval (``harness.bootstrap``)
     warnings  optional: list of one-line messages for the user (stored in the result, shown by the report)
 
     The result file's fields are declared in ``harness.results.RESULT_SCHEMA`` (docs/results.md).
@@ -366,9 +368,28 @@ class Task(_Plugin):
     #: True: ``run`` is called on every rank of a torchrun job and shares its work with ``ctx.shard`` /
     #: ``ctx.gather``; only rank 0's return value is kept. False: only rank 0 runs it.
     distributed: bool = False
+    #: True: what ``run`` computes depends on ``ctx.seed`` (a trained head). The task then accepts the option
+    #: ``seeds: [0, 1, 2]``: the core runs it once per seed (``ctx.seed`` set to it, artifacts under
+    #: ``seed<s>/``), reports each metric's mean over the seeds (and their values and standard deviation) and
+    #: the bootstrap interval of the mean.
+    seeded: bool = False
 
-    def check(self, encoder: Encoder, dataset: Dataset) -> None:
-        """Raise ValueError if this task cannot run on this pair (validation time)."""
+    @classmethod
+    def option_schema(cls) -> dict[str, Option]:
+        schema = super().option_schema()
+        if cls.seeded:
+            schema["seeds"] = Option(list, None, "train once per seed (e.g. [0, 1, 2]) and report the mean, the "
+                                     "standard deviation and the bootstrap interval of the mean; default: the "
+                                     "spec's seed, once", nullable=True, check=_check_seeds)
+        return schema
+
+    def resample(self, per_item: dict, counts: np.ndarray) -> dict:
+        """The metrics recomputed on resamples of the items: ``per_item`` as ``run`` returned it (numpy arrays),
+        ``counts`` an int32 matrix [b, n] (row r: how often each of the n ``items`` is drawn in resample r).
+        Returns {metric name: float array [b]}, vectorised over the rows. A row of ones is the data itself and
+        must give exactly the value ``run`` reported (the runner checks it; the tests check it for every
+        built-in task). The default resamples nothing: no intervals."""
+        return {}
 
     def requests(self, encoder: Encoder, dataset: Dataset) -> list[FeatureRequest]:
         """The features ``run`` will read (extracted up front, decoded once for all encoders). Features
@@ -382,6 +403,13 @@ class Task(_Plugin):
         """Called once per (task, dataset) after all its units ran, with every encoder's successful
         result (cross-encoder figures); returns the paths written."""
         return []
+
+
+def _check_seeds(value) -> str | None:
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value) \
+            or len(set(value)) != len(value):
+        return "expected a non-empty list of distinct non-negative integers, e.g. [0, 1, 2]"
+    return None
 
 
 class Report(_Plugin):
@@ -492,7 +520,9 @@ from .threads import available_cores, default_threads  # noqa: E402
 _LAZY = {"Executor": "harness.execution", "encode": "harness.execution", "validate_options": "harness.spec",
          "Plugins": "harness.plugins", "build_plan": "harness.spec", "run_spec": "harness.runner",
          "FeatureCache": "harness.cache", "default_cache_dir": "harness.cache", "array_checksum": "harness.cache",
-         "FeatureEngine": "harness.features", "default_workers": "harness.loading", "load_batches": "harness.loading"}
+         "FeatureEngine": "harness.features", "default_workers": "harness.loading", "load_batches": "harness.loading",
+         "paired_difference": "harness.compare", "paired_differences": "harness.compare",
+         "with_interval": "harness.report", "error_bars": "harness.report"}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""`harness` command line: run, validate, ls, plugins, report."""
+"""`harness` command line: run, validate, ls, plugins, report, compare."""
 from __future__ import annotations
 
 import argparse
@@ -62,7 +62,7 @@ def cmd_run(args) -> int:
             done = f"{exc.done} of {exc.total}" if exc.total is not None else "some"
             print(f"interrupted: {done} units done; rerun the same command to resume", file=sys.stderr, flush=True)
         return exc.exit_code
-    print(report.render(results, reports=report.report_plugins(plugins)))
+    print(report.render(results, reports=report.report_plugins(plugins), out_dir=out))
     print(f"{len(results)} units: {fresh} run, {results.skipped} resumed, {results.failed} failed; "
           f"{results.forwards} encoder forwards; {time.perf_counter() - t0:.1f} s")
     print(f"results: {out / 'results'}  report: {written['markdown']}")
@@ -204,7 +204,23 @@ def cmd_report(args) -> int:
     plugins = _plugins(args)
     results = report.load_results(args.dir)
     report.write_report(args.dir, results, plugins=plugins)
-    print(report.render(results, args.format, report.report_plugins(plugins)))
+    print(report.render(results, args.format, report.report_plugins(plugins), out_dir=args.dir))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """`harness compare A B`: each unit of output folder A against the same unit of B, A - B with its paired
+    bootstrap interval; --json writes the rows."""
+    from . import compare
+    from .io import write_json_atomic
+
+    rows = compare.across_runs(args.dir_a, args.dir_b)
+    if not rows:
+        raise HarnessError(f"harness compare: no unit of {args.dir_a} and {args.dir_b} has bootstrap intervals "
+                           "(run them with bootstrap > 0)")
+    print(compare.markdown(rows, args.format, f"{args.dir_a} (A) vs {args.dir_b} (B)"))
+    if args.json:
+        write_json_atomic(args.json, rows)
     return 0
 
 
@@ -337,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir")
     rep.add_argument("--format", default="simple", help="tabulate table format (simple, github, latex, ...)")
     rep.set_defaults(func=cmd_report)
+    cmp_ = sub.add_parser("compare", help="paired differences of the same units in two output directories")
+    cmp_.add_argument("dir_a")
+    cmp_.add_argument("dir_b")
+    cmp_.add_argument("--format", default="simple", help="tabulate table format (simple, github, latex, ...)")
+    cmp_.add_argument("--json", metavar="FILE", help="also write the differences as JSON")
+    cmp_.set_defaults(func=cmd_compare)
     return p
 
 

@@ -1,5 +1,6 @@
-"""Tables (terminal + Markdown), CSV and the summary figure from result JSON files, then every registered
-report plugin (``register_reports``: e.g. object vs part, encoded vs projected) over the same results."""
+"""Tables (terminal + Markdown; numbers with their bootstrap intervals), CSV, the summary figure (error bars
+from the intervals) and the paired differences between encoders (comparisons.json) from result JSON files, then
+every registered report plugin (``register_reports``: e.g. object vs part, encoded vs projected) over the same results."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from . import compare
 from .api import Report
 from .io import io_error, write_json_atomic, write_text_atomic
 from .results import load_results
@@ -48,6 +50,31 @@ def _fmt(v):
     return v
 
 
+def ci95(result: dict, metric: str) -> list[float] | None:
+    """A result's 95 % bootstrap interval of ``metric``, or None."""
+    return ((result.get("intervals") or {}).get("ci95") or {}).get(metric)
+
+
+def with_interval(value, ci, compact: bool = False) -> str:
+    """``78.90 [77.60, 80.10]``, or ``78.90 ± 1.25`` (the interval's half-width) when ``compact``."""
+    text = _fmt(value)
+    if ci is None or not isinstance(value, (int, float)):
+        return text
+    return f"{text} ± {(ci[1] - ci[0]) / 2:.2f}" if compact else f"{text} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def legend(results: list[dict], compact: bool = False) -> str:
+    """What the intervals beside the numbers are (empty when no result has any)."""
+    found = next((r["intervals"] for r in results if r.get("intervals")), None)
+    if not found:
+        return ""
+    shape = "± half-width of the" if compact else "[lo, hi]:"
+    seeds = " With seeds: the mean over the seeds and the interval of that mean." if any(
+        r.get("seeds") for r in results) else ""
+    return (f"{shape} 95 % {found['method']} interval ({found['resamples']} resamples of the test items: queries, "
+            f"test images or test crops; paired across encoders).{seeds}")
+
+
 def tables(results: list[dict]) -> "OrderedDict[str, tuple[list[str], list[list]]]":
     """One table per task: rows (dataset, encoder), columns the task's headline metrics."""
     by_task: "OrderedDict[str, list[dict]]" = OrderedDict()
@@ -70,7 +97,7 @@ def tables(results: list[dict]) -> "OrderedDict[str, tuple[list[str], list[list]
         for r in sorted(rs, key=lambda r: (r["dataset"], r["encoder"])):
             vals = []
             for m in metrics:
-                vals.append(_fmt(r.get("metrics", {}).get(m, "")))
+                vals.append(with_interval(r.get("metrics", {}).get(m, ""), ci95(r, m)))
                 if m in with_ref:
                     vals.append(_fmt((r.get("reference") or {}).get(m, "")))
             status = r["status"] if r["status"] == "ok" else f"FAILED: {(r.get('error') or '')[:60]}"
@@ -79,7 +106,11 @@ def tables(results: list[dict]) -> "OrderedDict[str, tuple[list[str], list[list]
     return out
 
 
-def render(results: list[dict], fmt: str = "simple", reports: list[Report] | None = None) -> str:
+def render(results: list[dict], fmt: str = "simple", reports: list[Report] | None = None, out_dir=None,
+           pairs: list[dict] | None = None) -> str:
+    """The tables of every task (numbers with their intervals), the paired differences between the encoders of
+    each (task, dataset) (``pairs``, else computed when ``out_dir``, the folder of the per-item files, is given),
+    then every report plugin's text."""
     parts = []
     for task, (header, rows) in tables(results).items():
         parts.append(f"## {task}\n" if fmt == "github" else f"{task}")
@@ -94,6 +125,12 @@ def render(results: list[dict], fmt: str = "simple", reports: list[Report] | Non
                 who = ", ".join(f"{r['dataset']} / {r['encoder']}" for r in rs)
                 parts.append(f"FAILED {who}: {error}")
         parts.append("")
+    if legend(results):
+        parts += [legend(results), ""]
+    if pairs is None and out_dir is not None:
+        pairs = compare.paired_differences(results, out_dir)
+    if pairs:
+        parts.append(compare.markdown(pairs, fmt))
     for rep in reports if reports is not None else report_plugins():
         text = _guarded(rep, "rendering", lambda rep=rep: rep.render(results, fmt), "")
         if text:
@@ -104,11 +141,12 @@ def render(results: list[dict], fmt: str = "simple", reports: list[Report] | Non
 def _csv(results: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["task", "dataset", "encoder", "metric", "value", "status"])
+    w.writerow(["task", "dataset", "encoder", "metric", "value", "status", "ci95_lo", "ci95_hi"])
     for r in sorted(results, key=lambda r: (r["task"], r["dataset"], r["encoder"])):
         metrics = r.get("metrics", {}) or {"": ""}
         for m, v in metrics.items():
-            w.writerow([r["task"], r["dataset"], r["encoder"], m, v, r["status"]])
+            ci = ci95(r, m) or ["", ""]
+            w.writerow([r["task"], r["dataset"], r["encoder"], m, v, r["status"], *ci])
     return buf.getvalue()
 
 
@@ -131,9 +169,11 @@ def _figure(results: list[dict], path: Path) -> Path | None:
         encoders = list(OrderedDict.fromkeys(r["encoder"] for r in rs))
         width = 0.8 / max(1, len(encoders))
         for j, e in enumerate(encoders):
-            ys = [next((r["metrics"].get(metric, float("nan")) for r in rs
-                        if r["dataset"] == d and r["encoder"] == e), float("nan")) for d in datasets]
-            ax.bar([i + j * width for i in range(len(datasets))], ys, width, label=e)
+            cell = [next((r for r in rs if r["dataset"] == d and r["encoder"] == e), None) for d in datasets]
+            ys = [float("nan") if r is None else _number(r["metrics"].get(metric)) for r in cell]
+            ax.bar([i + j * width for i in range(len(datasets))], ys, width, label=e,
+                   yerr=error_bars(ys, [None if r is None else ci95(r, metric) for r in cell]), capsize=2,
+                   error_kw={"elinewidth": 0.8})
         ax.set_xticks([i + width * (len(encoders) - 1) / 2 for i in range(len(datasets))], datasets)
         ax.set_title(f"{task}: {metric}")
         ax.set_xlabel("dataset")
@@ -147,6 +187,17 @@ def _figure(results: list[dict], path: Path) -> Path | None:
     return path
 
 
+def _number(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def error_bars(values: list[float], intervals: list) -> list[list[float]]:
+    """matplotlib's asymmetric ``yerr`` ([below], [above]) of bars from their intervals (0 where none)."""
+    below = [0.0 if ci is None or math.isnan(v) else max(0.0, v - ci[0]) for v, ci in zip(values, intervals)]
+    above = [0.0 if ci is None or math.isnan(v) else max(0.0, ci[1] - v) for v, ci in zip(values, intervals)]
+    return [below, above]
+
+
 def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, figure: bool = True,
                  plugins=None) -> dict:
     """Write report.md, results.csv, summary.json (and summary.png), then every report plugin's files;
@@ -156,14 +207,17 @@ def write_report(out_dir: str | os.PathLike, results: list[dict] | None = None, 
     reports = report_plugins(plugins)
     written = {}
     md = out / "report.md"
-    write_text_atomic(md, render(results, "github", reports), "writing the report")
+    pairs = compare.paired_differences(results, out)
+    write_text_atomic(md, render(results, "github", reports, pairs=pairs), "writing the report")
     written["markdown"] = md
     write_text_atomic(out / "results.csv", _csv(results), "writing the report")
     written["csv"] = out / "results.csv"
-    summary = [{k: r.get(k) for k in ("unit", "task", "dataset", "encoder", "status", "metrics", "error")}
-               for r in results]
+    summary = [{k: r.get(k) for k in ("unit", "task", "dataset", "encoder", "status", "metrics", "intervals",
+                                      "seeds", "error")} for r in results]
     write_json_atomic(out / "summary.json", summary)
     written["json"] = out / "summary.json"
+    write_json_atomic(out / "comparisons.json", pairs)
+    written["comparisons"] = out / "comparisons.json"
     if figure:
         path = out / "summary.png"
         try:

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 
-from . import distributed
+from . import bootstrap, distributed
 from .api import CORE_VERSION, HarnessError, Task
 from .cache import FeatureCache, _canonical, default_cache_dir
 from .context import UnitContext
@@ -148,6 +148,7 @@ def _run_units(plan, out: Path, force, log, engine: FeatureEngine, dist, main: b
         for u in plan.units:
             if u.id not in done:
                 by_dataset.setdefault(u.dataset, []).append(u)
+        resampler = bootstrap.Resampler(plan.seed, plan.bootstrap)
         groups_touched: set = set()
         first_with: dict[str, str] = {}  # error text -> the first unit that failed with it
         for ds_name, units in by_dataset.items():
@@ -156,7 +157,7 @@ def _run_units(plan, out: Path, force, log, engine: FeatureEngine, dist, main: b
             for unit in units:
                 log(f"[{index[unit.id]}/{len(plan.units)}] {unit.id}: running")
                 result = _run_unit(plan, unit, out, engine, prefetched.get(unit.id, 0),
-                                   prefetch_errors.get(unit.id), log)
+                                   prefetch_errors.get(unit.id), log, resampler)
                 if result is None:  # another rank's unit (a rank-0 task)
                     continue
                 result.update(versions=versions, git_revision=rev, spec=str(plan.path),
@@ -217,7 +218,8 @@ def _inputs(engine: FeatureEngine, dataset, splits) -> dict[str, str]:
 
 
 def _result_key(plan: Plan, unit: Unit, inputs: dict) -> str:
-    return _digest({"core": CORE_VERSION, "identity": _identities(plan, unit), "seed": plan.seed, "inputs": inputs})
+    return _digest({"core": CORE_VERSION, "identity": _identities(plan, unit), "seed": plan.seed, "inputs": inputs,
+                    "bootstrap": plan.bootstrap})
 
 
 def _finished_units(plan: Plan, out: Path, force: bool, engine: FeatureEngine, index: dict, log) -> dict:
@@ -272,7 +274,11 @@ def _what_changed(plan: Plan, unit: Unit, prev: dict, inputs: dict) -> str:
             return (f"dataset '{unit.dataset}' split '{split}' changed since the result was written (files edited, "
                     "added or removed)" if split in inputs else
                     f"dataset '{unit.dataset}' split '{split}' cannot be loaded now")
-    return "the seed changed" if prev.get("config", {}).get("seed") != plan.seed else "its configuration changed"
+    if prev.get("config", {}).get("seed") != plan.seed:
+        return "the seed changed"
+    if prev.get("config", {}).get("bootstrap") != plan.bootstrap:
+        return "the number of bootstrap resamples changed"
+    return "its configuration changed"
 
 
 def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: int | None, log):
@@ -336,7 +342,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwards: int, prefetch_error,
-              log) -> dict | None:
+              log, resampler: "bootstrap.Resampler") -> dict | None:
     enc, ds, task = plan.encoders[unit.encoder], plan.datasets[unit.dataset], plan.tasks[unit.task]
     main = engine.dist.is_main
     if not (main or task.distributed):
@@ -353,20 +359,33 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
               "plugins": _plugins_of(plan, unit, cfg), "encoder_pretraining": enc.pretraining,
               "dataset_level": ds.level, "dataset_hierarchy": ds.hierarchy}
     t0 = time.perf_counter()
+    intervals_s = 0.0
     try:
         if prefetch_error:
             raise HarnessError(prefetch_error)
-        produced = task.run(ctx) or {}
-        unknown = set(produced) - {"metrics", "details", "artifacts", "per_item", "warnings"}
-        if unknown:
-            raise HarnessError(f"task '{unit.task}' returned unknown result keys {sorted(unknown)} (expected "
-                               "metrics, details, artifacts, per_item, warnings)")
+        seeds = task.opts.get("seeds") if task.seeded else None
+        runs = []
+        for s in seeds or [plan.seed]:
+            if seeds:  # one training per seed, each with its own artifact folder
+                ctx.seed, ctx.out_dir = s, art_dir / f"seed{s}"
+                ctx.out_dir.mkdir(parents=True, exist_ok=True)
+            runs.append(_checked(task.run(ctx) or {}, unit))
+        produced = combine_seeds(runs, seeds) if seeds else runs[0]
         result["metrics"] = produced.get("metrics", {})
         result["details"] = produced.get("details", {})
         result["artifacts"] = [os.path.relpath(p, out) for p in produced.get("artifacts", [])]
         result["warnings"] += [str(w) for w in produced.get("warnings", [])]
-        if produced.get("per_item") and main:
-            result["per_item"] = _write_per_item(out, unit, produced["per_item"])
+        if seeds:
+            result["seeds"] = produced["seeds"]
+        per_seed = [r["per_item"] for r in runs if r.get("per_item")]
+        if per_seed and len(per_seed) == len(runs) and main:
+            t1 = time.perf_counter()
+            arrays, intervals, problems = _intervals(task, per_seed, result["metrics"], seeds, resampler)
+            result["warnings"] += problems
+            result["per_item"] = _write_per_item(out, unit, arrays)
+            if intervals:
+                result["intervals"] = intervals
+            intervals_s = time.perf_counter() - t1
         if enc.load_report:
             result["details"]["checkpoint_load_report"] = enc.load_report
     except FatalError:
@@ -384,10 +403,84 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
     result["key"] = _result_key(plan, unit, result["inputs"])
     result["forwards"] = ctx.forwards + prefetch_forwards
     result["cache_hits"] = ctx.cache_hits
-    result["timings"] = {"total_s": round(time.perf_counter() - t0, 4), "features_s": round(ctx.feature_seconds, 4)}
+    result["timings"] = {"total_s": round(time.perf_counter() - t0, 4), "features_s": round(ctx.feature_seconds, 4),
+                         "intervals_s": round(intervals_s, 4)}
     if scratch is not None:
         scratch.cleanup()
     return result if main else None
+
+
+def _checked(produced: dict, unit: Unit) -> dict:
+    unknown = set(produced) - {"metrics", "details", "artifacts", "per_item", "warnings"}
+    if unknown:
+        raise HarnessError(f"task '{unit.task}' returned unknown result keys {sorted(unknown)} (expected "
+                           "metrics, details, artifacts, per_item, warnings)")
+    return produced
+
+
+def combine_seeds(runs: list[dict], seeds: list[int]) -> dict:
+    """One result from a task run once per seed: each metric's mean over the seeds (``bootstrap.seed_mean``,
+    the operations its replicates are averaged with), the seeds' values and standard deviations (ddof 1),
+    the first seed's details with every seed's metrics, all artifacts and warnings."""
+    import numpy as np
+
+    names = [m for m in runs[0].get("metrics", {}) if all(m in r.get("metrics", {}) for r in runs)]
+    values = {m: [_number(r["metrics"][m]) for r in runs] for m in names}
+    metrics = {m: float(bootstrap.seed_mean(v)) for m, v in values.items()}
+    std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
+    details = dict(runs[0].get("details", {}))
+    details["per_seed"] = {str(s): r.get("metrics", {}) for s, r in zip(seeds, runs)}
+    return {"metrics": metrics, "details": details,
+            "artifacts": [p for r in runs for p in r.get("artifacts", [])],
+            "warnings": [f"seed {s}: {w}" for s, r in zip(seeds, runs) for w in r.get("warnings", [])],
+            "seeds": {"seeds": list(seeds), "values": values, "std": std}}
+
+
+def _number(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _intervals(task: Task, per_seed: list[dict], metrics: dict, seeds, resampler):
+    """(npz arrays, the result's ``intervals`` or None, warnings): the per-item arrays (each seed's under
+    ``seed<s>/``) and the bootstrap replicates of every metric the task resamples (``bootstrap/<metric>``)."""
+    import numpy as np
+
+    per_seed = [{k: np.asarray(v) for k, v in arrays.items()} for arrays in per_seed]
+    if seeds:
+        arrays = {f"seed{s}/{k}": v for s, a in zip(seeds, per_seed) for k, v in a.items() if k != "items"}
+        if "items" in per_seed[0]:
+            arrays["items"] = per_seed[0]["items"]
+    else:
+        arrays = dict(per_seed[0])
+    if type(task).resample is Task.resample or resampler.resamples == 0 or "items" not in per_seed[0]:
+        return arrays, None, []
+    n = len(per_seed[0]["items"])
+    if any(not np.array_equal(a.get("items"), per_seed[0]["items"]) for a in per_seed):
+        return arrays, None, ["no intervals: the seeds' runs scored different items"]
+    try:
+        return _resampled(task, per_seed, metrics, resampler, arrays, n)
+    except Exception as exc:  # noqa: BLE001 - the metrics stand without their intervals
+        return arrays, None, [f"no intervals: the task's resample failed ({type(exc).__name__}: {exc})"]
+
+
+def _resampled(task: Task, per_seed: list[dict], metrics: dict, resampler, arrays: dict, n: int):
+    warnings = []
+    at_identity = bootstrap.identity(task.resample, per_seed, n)
+    kept = [m for m, v in at_identity.items() if m in metrics and bootstrap.same_value(v, metrics[m])
+            and not bootstrap.same_value(v, None)]  # a metric without a value has no interval
+    for m in sorted(m for m in set(at_identity) - set(kept) if not bootstrap.same_value(metrics.get(m), None)):
+        warnings.append(f"no interval for {m}: its bootstrap statistic gives {at_identity[m]!r} on the data "
+                        f"itself, the metric is {metrics.get(m)!r}")
+    if not kept:
+        return arrays, None, warnings
+    key = resampler.key(per_seed[0]["items"].tolist())
+    reps = bootstrap.replicates(task.resample, per_seed, resampler.blocks(key, n))
+    ci = {}
+    for m in kept:
+        arrays[bootstrap.PREFIX + m] = reps[m]
+        ci[m] = bootstrap.interval(reps[m])
+    return arrays, {"method": bootstrap.METHOD, "level": bootstrap.LEVEL, "resamples": resampler.resamples,
+                    "items": n, "resample_key": key, "ci95": ci}, warnings
 
 
 def _write_per_item(out: Path, unit: Unit, arrays: dict) -> dict:

@@ -21,7 +21,7 @@ from .api import REQUIRED, HarnessError, Option, SpecError
 from .plugins import Plugins, did_you_mean
 
 TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
-            "output_dir", "cache_dir", "reference", "extraction"}
+            "output_dir", "cache_dir", "reference", "extraction", "bootstrap"}
 #: ``extraction:`` keys -> (smallest value, meaning); each is an integer
 EXTRACTION_KEYS = {"workers": (0, "data-loader worker processes (0: decode in the main process)"),
                    "encoders_per_pass": (1, "encoders fed by one pass over the data"),
@@ -296,6 +296,8 @@ class Plan:
     reference: dict = field(default_factory=dict)
     #: feature extraction settings: workers, encoders_per_pass, threads (absent = automatic)
     extraction: dict = field(default_factory=dict)
+    #: bootstrap resamples per unit for the confidence intervals (0: none)
+    bootstrap: int = 1000
 
     def unit_reference(self, unit: Unit) -> dict:
         return self.reference.get(unit.task, {}).get(unit.dataset, {}).get(unit.encoder, {})
@@ -305,7 +307,7 @@ class Plan:
         return {"encoder": {"name": unit.encoder, **c["encoders"][unit.encoder]},
                 "dataset": {"name": unit.dataset, **c["datasets"][unit.dataset]},
                 "task": {"name": unit.task, **c["tasks"][unit.task]},
-                "seed": self.seed}
+                "seed": self.seed, "bootstrap": self.bootstrap}
 
 
 def _check_device_available(device: str, where: str) -> None:
@@ -414,8 +416,12 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
         least, meaning = EXTRACTION_KEYS[k]
         if not isinstance(v, int) or isinstance(v, bool) or v < least:
             raise SpecError(f"{where}: extraction.{k}: expected an integer >= {least} ({meaning}), got {v!r}")
+    resamples = raw.get("bootstrap", 1000)
+    if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 0 or 0 < resamples < 100:
+        raise SpecError(f"{where}: bootstrap: expected the number of bootstrap resamples, 0 (no intervals) or "
+                        f"at least 100 (default 1000), got {resamples!r}")
     return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
-                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction))
+                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction), resamples)
 
 
 def _check_reference(ref: Any, entries: dict, where: str) -> dict:

@@ -215,3 +215,24 @@ def _check_wrong_file(cls: type, name: str, options: dict, wrong: dict | None, f
                 continue
             fails.append(f"option {key} = wrong file {value}: validate() accepted it")
     return sorted(wrong)
+
+
+def check_resample(task, produced: dict, metrics=None) -> dict:
+    """Check a task's bootstrap contract on what its ``run`` returned: ``per_item`` holds ``items``, and
+    ``task.resample`` on the identity resample (one row of ones) gives exactly the reported value of every
+    metric it returns, and of every one of ``metrics`` (default: the task's headline metrics). Returns the
+    values; raises AssertionError naming each mismatch."""
+    import numpy as np
+
+    from .bootstrap import same_value
+
+    per_item = {k: np.asarray(v) for k, v in (produced.get("per_item") or {}).items()}
+    assert "items" in per_item, "per_item has no 'items' (the keys of the resampled items)"
+    values = task.resample(per_item, np.ones((1, len(per_item["items"])), np.int32))
+    wanted = list(task.headline if metrics is None else metrics)
+    missing = [m for m in wanted if m in produced["metrics"] and m not in values]
+    assert not missing, f"resample does not recompute {missing}"
+    bad = {m: (float(v[0]), produced["metrics"][m]) for m, v in values.items()
+           if m in produced["metrics"] and not same_value(float(v[0]), produced["metrics"][m])}
+    assert not bad, f"identity resample differs from the metrics (statistic, metric): {bad}"
+    return {m: float(v[0]) for m, v in values.items()}

@@ -75,6 +75,14 @@ def test_a_bumped_plugin_version_recomputes_and_says_so(tmp_path, plugins, monke
     assert again[0]["plugins"]["task"]["version"] == "2" and again[0]["identity"]["task"]["version"] == "2"
 
 
+def test_another_number_of_bootstrap_resamples_recomputes(tmp_path, plugins):
+    spec = _spec(tmp_path, _folder(tmp_path / "data"))
+    run_spec(spec, tmp_path / "out", plugins=plugins)
+    logged = []
+    assert run_spec(spec, tmp_path / "out", plugins=plugins, overrides=["bootstrap=0"], log=logged.append).skipped == 0
+    assert "[1/1] c__imgs__pix: recomputed: the number of bootstrap resamples changed" in logged
+
+
 def test_a_bumped_core_version_recomputes(tmp_path, plugins, monkeypatch):
     import harness.runner
 
@@ -83,7 +91,9 @@ def test_a_bumped_core_version_recomputes(tmp_path, plugins, monkeypatch):
     monkeypatch.setattr(harness.runner, "CORE_VERSION", "999")
     logged = []
     assert run_spec(spec, tmp_path / "out", plugins=plugins, log=logged.append).skipped == 0
-    assert "[1/1] c__imgs__pix: recomputed: the harness core changed (version 1 -> 999)" in logged
+    from harness.api import CORE_VERSION
+
+    assert f"[1/1] c__imgs__pix: recomputed: the harness core changed (version {CORE_VERSION} -> 999)" in logged
 
 
 def test_changed_options_and_older_results_are_recomputed(tmp_path, plugins):

@@ -111,6 +111,14 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     assert (tmp_path / "out/representations.png").is_file()
     (pose,) = [r for r in first if r["task"] == "pose"]
     assert {"AP", "AP50", "AR", "AR50"} <= set(pose["metrics"])
+    # every headline number of every task but the gallery has a bootstrap interval: the runner's identity check
+    # (the statistic on the data itself equals the metric) refused none
+    for r in first:
+        assert not [w for w in r["warnings"] if "interval" in w], (r["unit"], r["warnings"])
+        if r["task_plugin"] != "gallery":
+            numbers = {m for m in r["headline"] if r["metrics"].get(m) is not None}
+            assert set(r["intervals"]["ci95"]) >= numbers, r["unit"]
+    assert json.loads((tmp_path / "out/comparisons.json").read_text())
     second = run_spec(DEMO, tmp_path / "out")
     assert second.forwards == 0 and second.skipped == len(first)
     assert [r["metrics"] for r in second] == [r["metrics"] for r in first]

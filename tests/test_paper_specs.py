@@ -254,7 +254,10 @@ def test_table4_runs(paper_env, tmp_path, capsys):
                                ("part_attentive", "cub_parts", "deit", "92.90")]:
         row = table_row(printed, task, ds, enc)
         ours = by_unit[f"{task}__{ds}__{enc}"]["metrics"]["AP" if task == "part_retrieval" else "top1_best_epoch"]
-        assert row[2] == f"{ours:.2f}" and row[3] == ref, row
+        lo, hi = by_unit[f"{task}__{ds}__{enc}"]["intervals"]["ci95"]["AP" if task == "part_retrieval" else
+                                                                     "top1_best_epoch"]
+        # our value with its bootstrap interval, then the paper's
+        assert row[2:6] == [f"{ours:.2f}", f"[{lo:.2f},", f"{hi:.2f}]", ref], row
     report = (tmp_path / "t4" / "report.md").read_text()
     assert "AP (paper)" in report and "58.00" in report
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from fixtures_data import COCO_KEYPOINT_NAMES, COCO_TRAIN, instantiate, write_coco
+from harness.testing import check_resample
 from harness import HarnessError
 from partbench_plugins.datasets.coco_persons import CocoPersons, clip_box
 from partbench_plugins.tasks.head_bank import HeadBank, adamw
@@ -198,6 +199,13 @@ def test_spec_runs_and_reports_the_table10_columns(tmp_path, capsys):
     ev.evaluate(), ev.accumulate(), ev.summarize()
     assert [m[k] for k in ("AP", "AP50", "AP75")] == [round(100 * float(v), 2) for v in ev.stats[:3]]
     assert [m[k] for k in ("AR", "AR50")] == [round(100 * float(v), 2) for v in ev.stats[5:7]]
+    # every number has an interval; the per-image data reproduce them exactly (the runner checks it, and so here)
+    assert set(res["intervals"]["ci95"]) >= {"AP", "AP50", "AP75", "AR", "AR50"} and not res["warnings"]
+    with np.load(tmp_path / "out" / res["per_item"]["file"]) as f:
+        per_item = {k: f[k] for k in f.files if not k.startswith("bootstrap/")}
+    from partbench_plugins.tasks.linear_pose import LinearPose
+
+    check_resample(LinearPose("pose", **res["config"]["task"]["options"]), {"metrics": m, "per_item": per_item})
     for col in ("AP (paper)", "AP50 (paper)", "AR (paper)", "AR50 (paper)"):
         assert col in printed
     assert "6.80" in printed and "44.30" in printed

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.testing import check_resample
 from harness import HarnessError
 from harness.api import SegSamples
 from harness.spec import validate_options
@@ -181,7 +182,10 @@ def test_slide_inference_and_iou_equal_mmseg(data, tmp_path):
 def test_fast_protocol_runs_with_an_lr_sweep_and_saves_heads(data, tmp_path):
     train, val = data
     ctx = FakeContext(enc(), StubDataset("s", {"train": train, "val": val}), out_dir=tmp_path)
-    res = task(iterations=30, warmup=5, lrs=[1e-3], blocks=[0, 1, 2, 3], flip=True).run(ctx)
+    t = task(iterations=30, warmup=5, lrs=[1e-3], blocks=[0, 1, 2, 3], flip=True)
+    res = t.run(ctx)
+    check_resample(t, res)  # mIoU, mAcc, aAcc from the test images' summed areas
+    assert res["per_item"]["union"].shape == (len(val), 3) and list(res["per_item"]["items"]) == val.keys
     m, d = res["metrics"], res["details"]
     assert "mIoU@lr=0.001" in m
     # the mean over the classes present of the per-class IoU reported beside it (whose computation
@@ -222,7 +226,12 @@ def test_paper_protocol_trains_through_mmengine_in_a_worker(data, tmp_path):
     train, val = data
     ctx = FakeContext(enc(), StubDataset("s", {"train": train, "val": val}), out_dir=tmp_path)
     ctx.encoder.plugin_name = "random_vit"
-    res = task(protocol="paper", iterations=20, warmup=5, batch_size=4, workers=0).run(ctx)
+    t = task(protocol="paper", iterations=20, warmup=5, batch_size=4, workers=0)
+    res = t.run(ctx)
+    # mmseg's own per-image areas (IoUMetric's results) reproduce its rounded metrics
+    check_resample(t, res)
+    items = list(res["per_item"]["items"])
+    assert len(items) == len(set(items)) == len(res["per_item"]["union"]) and items[0].endswith(".jpg")
     m = res["metrics"]
     assert set(m) == {"aAcc", "mIoU", "mAcc"}
     per_class = [c["IoU"] for c in res["details"]["per_class"].values() if c["IoU"] is not None]

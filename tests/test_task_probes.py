@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from harness.testing import check_resample
 from harness import Encoder, Samples, SpecError
 from harness import transforms as T
 from harness.spec import validate_options
@@ -155,7 +156,9 @@ def test_linear_probe_learns_the_train_split_rule_only(tmp_path):
 def test_attentive_probe_learns_from_tokens(tmp_path):
     samples = {"train": ColourSamples(48, 1), "test": ColourSamples(24, 2)}
     ctx = FakeCtx(tmp_path, samples, encoder=make_encoder())
-    res = task(AttentiveProbe, epochs=15, batch_size=16, lr=0.05, num_heads=4, heldout_fraction=0.25).run(ctx)
+    t = task(AttentiveProbe, epochs=15, batch_size=16, lr=0.05, num_heads=4, heldout_fraction=0.25)
+    res = t.run(ctx)
+    check_resample(t, res)
     # four colours far apart next to the noise left after pooling: separable, every test image right
     m = res["metrics"]
     assert m["top1_final"] == m["top1_heldout"] == m["top1_best_epoch"] == 100.0
@@ -291,6 +294,9 @@ def test_three_accuracies_are_computed_as_described(tmp_path):
     ctx = FakeCtx(tmp_path, ctx.dataset.given, arrays=ctx.arrays)
     t = task(LinearProbe, epochs=12, batch_size=32, eval_batch_size=64, lr=0.02, lrs=[2.0, 0.2])
     res = t.run(ctx)
+    # per-item correctness reproduces the three accuracies (the held-out choice's lr is a sweep entry)
+    assert set(check_resample(t, res)) >= {"top1_best_epoch", "top1_final", "top1_heldout", "top3_heldout"}
+    assert res["per_item"]["top1"].shape == (300, 12)
     m, d = res["metrics"], res["details"]
     rows = list(__import__("csv").DictReader(open(tmp_path / "curves.csv")))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.testing import check_resample
 from harness import Samples, SpecError
 from harness.spec import validate_options
 from harness.testing import FakeContext, StubDataset, StubEncoder
@@ -66,8 +67,11 @@ def test_metrics_equal_sklearn_per_query_in_percent(toy):
 
 def test_best_reports_the_better_of_cls_and_mean_patch_and_records_it(toy):
     ctx, feats, y = toy
-    res = _task(representation="best", extra=["projected"]).run(ctx)
+    t = _task(representation="best", extra=["projected"])
+    res = t.run(ctx)
     m, d = res["metrics"], res["details"]
+    # the bootstrap statistic recomputes every AP/mAP exactly on the identity resample
+    assert set(check_resample(t, res)) >= {"AP", "mAP", "AP.cls", "mAP.mean_patch", "AP.projected"}
     assert d["representation"]["requested"] == "best"
     assert d["representation"]["reported"] == "cls"  # cls is informative, mean_patch is noise here
     assert set(d["representation"]["candidates"]) == {"cls", "mean_patch"}
@@ -88,7 +92,9 @@ def test_exclude_self_and_queries_without_positives(tmp_path):
     y = np.array([0] * 6 + [1] * 5 + [2])  # class 2 is a singleton
     x = rng.standard_normal((12, 5)).astype(np.float32)
     ctx = FakeCtx({"cls": x}, y, ["a", "b", "c"], tmp_path)
-    res = _task(representation="cls", exclude_self=True).run(ctx)
+    t = _task(representation="cls", exclude_self=True)
+    res = t.run(ctx)
+    check_resample(t, res)  # a query without positives counts nowhere, in the metric as in its resamples
     ap, map_ = sklearn_retrieval_metrics(x, y, exclude_self=True)
     assert res["metrics"]["AP"] == pytest.approx(ap, abs=1e-5)
     assert res["metrics"]["mAP"] == pytest.approx(map_, abs=1e-5)

@@ -13,7 +13,9 @@ class GroupedReport(Report):
 
     stem = ""
 
-    def groups(self, results: list[dict]) -> list[dict]:
+    def groups(self, results: list[dict], out_dir=None) -> list[dict]:
+        """The groups; ``out_dir`` (the output folder, when writing) lets them read per-item files (paired
+        intervals)."""
         raise NotImplementedError
 
     def markdown(self, groups: list[dict], fmt: str) -> str:
@@ -27,7 +29,7 @@ class GroupedReport(Report):
         return self.markdown(groups, fmt) if groups else ""
 
     def write(self, results: list[dict], out_dir: Path, figures: bool = True) -> dict[str, Path]:
-        groups = self.groups(results)
+        groups = self.groups(results, out_dir)
         if not groups:
             return {}
         written = {self.stem: Path(out_dir) / f"{self.stem}.json"}

@@ -11,7 +11,7 @@ import math
 from collections import OrderedDict
 from pathlib import Path
 
-from harness.api import headline_value, hookimpl
+from harness.api import error_bars, headline_value, hookimpl, paired_difference, with_interval
 
 from .grouped import GroupedReport
 
@@ -23,14 +23,20 @@ def _ok(results: list[dict]) -> list[dict]:
             and r.get("dataset_level") in ("object", "part")]
 
 
+def interval(r: dict, metric: str) -> list[float] | None:
+    """A result's 95 % bootstrap interval of ``metric`` (``intervals.ci95``), or None."""
+    return ((r.get("intervals") or {}).get("ci95") or {}).get(metric)
+
+
 def _metric(r: dict) -> str | None:
     found = headline_value(r)
     return found[0] if found else None
 
 
-def level_pairs(results: list[dict]) -> list[dict]:
-    """Every object/part pair of the results, with each encoder's values and its difference to the
-    supervised baseline. A (task plugin, hierarchy) group pairs its object and part (task, dataset) cells
+def level_pairs(results: list[dict], out_dir=None) -> list[dict]:
+    """Every object/part pair of the results, with each encoder's values (and their 95 % bootstrap intervals)
+    and its difference to the supervised baseline (with its paired interval when ``out_dir``, the folder of the
+    per-item files, is given). A (task plugin, hierarchy) group pairs its object and part (task, dataset) cells
     when there is one of each, or else the cells that share a task name."""
     groups: "OrderedDict[tuple, list[dict]]" = OrderedDict()
     for r in _ok(results):
@@ -56,10 +62,15 @@ def level_pairs(results: list[dict]) -> list[dict]:
             for e in encoders:
                 o, p = (float(by[lvl][e]["metrics"].get(metric, math.nan)) for lvl in ("object", "part"))
                 row = {"encoder": e, "pretraining": by["object"][e].get("encoder_pretraining"),
-                       "object": o, "part": p}
+                       "object": o, "part": p, "object_ci95": interval(by["object"][e], metric),
+                       "part_ci95": interval(by["part"][e], metric)}
                 if base is not None:
                     row["object_vs_baseline"] = o - float(by["object"][base]["metrics"].get(metric, math.nan))
                     row["part_vs_baseline"] = p - float(by["part"][base]["metrics"].get(metric, math.nan))
+                    for lvl in ("object", "part"):
+                        found = None if out_dir is None else paired_difference(by[lvl][e], by[lvl][base], out_dir,
+                                                                               metric=metric)
+                        row[f"{lvl}_vs_baseline_ci95"] = found["ci95"] if found else None
                 rows.append(row)
             pairs.append({"task_plugin": plugin, "hierarchy": hierarchy, "metric": metric,
                           "object": {"task": obj[0], "dataset": obj[1]}, "part": {"task": part[0], "dataset": part[1]},
@@ -78,9 +89,15 @@ def level_markdown(pairs: list[dict], fmt: str = "github") -> str:
         header = ["encoder", "pretraining", "object", "part"]
         if base:
             header += [f"object − {base}", f"part − {base}"]
-        rows = [[r["encoder"], r["pretraining"] or "", r["object"], r["part"],
-                 *([r["object_vs_baseline"], r["part_vs_baseline"]] if base else [])] for r in p["rows"]]
+        rows = [[r["encoder"], r["pretraining"] or "", with_interval(r["object"], r.get("object_ci95"), compact=True),
+                 with_interval(r["part"], r.get("part_ci95"), compact=True),
+                 *([with_interval(r["object_vs_baseline"], r.get("object_vs_baseline_ci95"), compact=True),
+                    with_interval(r["part_vs_baseline"], r.get("part_vs_baseline_ci95"), compact=True)] if base else [])]
+                for r in p["rows"]]
         note = "" if base else "\n(no encoder of this run declares supervised pretraining: no baseline)\n"
+        if any(r.get("object_ci95") for r in p["rows"]):
+            note += ("\n± half-width of the 95 % bootstrap interval (differences: paired, the same resampled "
+                     "items for both encoders)\n")
         parts += [title, "", tabulate(rows, headers=header, tablefmt=fmt, floatfmt=".2f"), note]
     return "\n".join(parts)
 
@@ -109,9 +126,14 @@ def level_figure(pairs: list[dict], path: Path) -> Path | None:
         key = "_vs_baseline" if base else ""
         xs = range(len(rows))
         for offset, level, colour in ((-0.2, "object", "#4c72b0"), (0.2, "part", "#dd8452")):
-            ax.bar([x + offset for x in xs], [r[f"{level}{key}"] for r in rows], 0.4, color=colour,
-                   label=f"{level} ({p[level]['dataset']})")
+            ys = [r[f"{level}{key}"] for r in rows]
+            ax.bar([x + offset for x in xs], ys, 0.4, color=colour, label=f"{level} ({p[level]['dataset']})",
+                   yerr=error_bars(ys, [r.get(f"{level}{key}_ci95") for r in rows]), capsize=2,
+                   error_kw={"elinewidth": 0.8})
         ax.axhline(0, color="black", linewidth=0.8)
+        if any(r.get("object_ci95") for r in rows):
+            ax.text(0.0, -0.32, "error bars: 95 % bootstrap intervals" + (" (paired differences)" if base else ""),
+                    transform=ax.transAxes, fontsize=7, va="top")
         ax.set_xticks(list(xs), [r["encoder"] for r in rows], rotation=30, ha="right")
         if base:
             ax.set_ylabel(f"{p['metric']} − {base} (points)")
@@ -133,8 +155,8 @@ class ObjectVsPart(GroupedReport):
 
     stem = "levels"
 
-    def groups(self, results):
-        return level_pairs(results)
+    def groups(self, results, out_dir=None):
+        return level_pairs(results, out_dir)
 
     def markdown(self, groups, fmt):
         return level_markdown(groups, fmt)

@@ -11,17 +11,20 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from harness.api import hookimpl
+from harness.api import error_bars, hookimpl, paired_difference, with_interval
 
 from .grouped import GroupedReport
-from .levels import _metric
+from .levels import _metric, interval
 
 IGNORED = ("representation", "extra")  # options that name what is read, not how the task runs
 
 
-def representation_groups(results: list[dict]) -> list[dict]:
-    """[{task_plugin, dataset, level, encoder, metric, values: {representation: value}}], in run order."""
+def representation_groups(results: list[dict], out_dir=None) -> list[dict]:
+    """[{task_plugin, dataset, level, encoder, metric, values: {representation: value}, ci95: {representation:
+    [lo, hi]}}], in run order; with ``out_dir`` (the folder of the per-item files) also ``paired``: {"<rep> −
+    <first rep>": the paired difference} (the same queries resampled for both)."""
     groups: "OrderedDict[tuple, dict]" = OrderedDict()
+    firsts: dict = {}
     for r in results:
         opts = ((r.get("config") or {}).get("task") or {}).get("options") or {}
         rep = opts.get("representation")
@@ -31,7 +34,15 @@ def representation_groups(results: list[dict]) -> list[dict]:
         key = (r.get("task_plugin") or r["task"], r["dataset"], r["encoder"], same)
         g = groups.setdefault(key, {"task_plugin": key[0], "dataset": r["dataset"], "level": r.get("dataset_level"),
                                     "encoder": r["encoder"], "metric": _metric(r), "values": OrderedDict()})
-        g["values"].setdefault(rep, float(r["metrics"].get(g["metric"], float("nan"))))
+        if rep in g["values"]:
+            continue
+        g["values"][rep] = float(r["metrics"].get(g["metric"], float("nan")))
+        g.setdefault("ci95", OrderedDict())[rep] = interval(r, g["metric"])
+        first_rep, first = firsts.setdefault(key, (rep, r))
+        found = None if out_dir is None or first is r else paired_difference(r, first, out_dir, metric=g["metric"])
+        if found:
+            g.setdefault("paired", OrderedDict())[f"{rep} − {first_rep}"] = {
+                k: found[k] for k in ("difference", "ci95", "excludes_zero")}
     return [g for g in groups.values() if len(g["values"]) > 1]
 
 
@@ -41,9 +52,12 @@ def representation_markdown(groups: list[dict], fmt: str = "github") -> str:
     reps = list(OrderedDict.fromkeys(rep for g in groups for rep in g["values"]))
     title = ("## " if fmt == "github" else "") + "representations compared (same task, encoder and dataset)"
     rows = [[g["encoder"], g["dataset"], g["level"] or "", f"{g['task_plugin']} {g['metric']}",
-             *[g["values"].get(rep, "") for rep in reps]] for g in groups]
+             *[with_interval(g["values"][rep], g["ci95"].get(rep), compact=True) if rep in g["values"] else ""
+               for rep in reps]] for g in groups]
+    note = ["± half-width of the 95 % bootstrap interval", ""] if any(
+        v for g in groups for v in g["ci95"].values()) else []
     return "\n".join([title, "", tabulate(rows, headers=["encoder", "dataset", "level", "task", *reps], tablefmt=fmt,
-                                          floatfmt=".2f"), ""])
+                                          floatfmt=".2f"), "", *note])
 
 
 def representation_figure(groups: list[dict], path: Path) -> Path | None:
@@ -63,8 +77,9 @@ def representation_figure(groups: list[dict], path: Path) -> Path | None:
         reps = list(OrderedDict.fromkeys(rep for g in gs for rep in g["values"]))
         width = 0.8 / len(reps)
         for j, rep in enumerate(reps):
-            ax.bar([i + j * width for i in range(len(gs))], [g["values"].get(rep, float("nan")) for g in gs], width,
-                   label=rep)
+            ys = [g["values"].get(rep, float("nan")) for g in gs]
+            ax.bar([i + j * width for i in range(len(gs))], ys, width, label=rep, capsize=2, error_kw={"elinewidth": 0.8},
+                   yerr=error_bars(ys, [g["ci95"].get(rep) for g in gs]))
         ax.set_xticks([i + width * (len(reps) - 1) / 2 for i in range(len(gs))],
                       [f"{g['dataset']}\n({g['level']})" if g["level"] else g["dataset"] for g in gs], fontsize=8)
         ax.set_ylabel(gs[0]["metric"])
@@ -83,8 +98,8 @@ class EncodedVsProjected(GroupedReport):
 
     stem = "representations"
 
-    def groups(self, results):
-        return representation_groups(results)
+    def groups(self, results, out_dir=None):
+        return representation_groups(results, out_dir)
 
     def markdown(self, groups, fmt):
         return representation_markdown(groups, fmt)

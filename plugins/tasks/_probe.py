@@ -29,6 +29,7 @@ from harness.api import FeatureRequest
 from harness.api import transforms as _transforms
 
 from .head_bank import HeadBank, check_lrs, learning_rates, sgd
+from .resampling import weighted_sums
 
 # Arrays up to this size (as float32) are moved to the device once; larger ones stream per batch.
 _RESIDENT_BYTES = 1 << 30
@@ -194,10 +195,11 @@ def encode(ctx, x: torch.Tensor, rep: str) -> torch.Tensor:
     return out.float().clone()  # a normal tensor: encoders may return inference-mode tensors
 
 
-def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[int, int]:
+def topk_hits(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per item: (top-1 correct, top-k correct), boolean arrays."""
     top = logits.topk(k, dim=1).indices
     hit = top == y[:, None]
-    return int(hit[:, 0].sum()), int(hit.any(1).sum())
+    return hit[:, 0].cpu().numpy(), hit.any(1).cpu().numpy()
 
 
 class Run:
@@ -213,6 +215,7 @@ class Run:
                              sgd(opts["momentum"], opts["weight_decay"]),
                              lambda init_lr, epoch: cosine_lr(init_lr, epoch, opts["epochs"]), seed, device)
         self.curves = {lr: {"lr": [], "train_loss": []} for lr in self.lrs}
+        self.hits: dict = {}  # lr -> {"<tag>_top1"/"<tag>_topk": [bool array over the evaluated items] per epoch}
 
     def train_epoch(self, source: FeatureSource, epoch: int) -> None:
         for lr, now in zip(self.lrs, self.bank.set_step(epoch)):
@@ -230,19 +233,23 @@ class Run:
             self.curves[lr]["train_loss"].append(s)
 
     def evaluate(self, source: FeatureSource, idx: np.ndarray, labels: torch.Tensor, k: int, tag: str) -> None:
-        c1 = np.zeros(len(self.lrs), np.int64)
-        ck = np.zeros(len(self.lrs), np.int64)
-        chunks = batches(np.asarray(idx), self.opts["eval_batch_size"])
-        for rows, x in source.iterate(chunks):
+        idx = np.asarray(idx)
+        where = np.zeros(int(idx.max()) + 1 if len(idx) else 0, np.int64)
+        where[idx] = np.arange(len(idx))  # row number -> position among the evaluated items
+        hit1 = np.zeros((len(self.lrs), len(idx)), bool)
+        hitk = np.zeros((len(self.lrs), len(idx)), bool)
+        for rows, x in source.iterate(batches(idx, self.opts["eval_batch_size"])):
             y = labels[torch.from_numpy(rows).to(labels.device)]
             for j, logits in enumerate(self.bank.outputs(x)):
-                a, b = topk_correct(logits, y, k)
-                c1[j] += a
-                ck[j] += b
+                hit1[j, where[rows]], hitk[j, where[rows]] = topk_hits(logits, y, k)
+        c1, ck = hit1.sum(1), hitk.sum(1)
         n = len(idx)
         for j, lr in enumerate(self.lrs):
             self.curves[lr].setdefault(f"{tag}_top1", []).append(100.0 * c1[j] / n)
             self.curves[lr].setdefault(f"{tag}_topk", []).append(100.0 * ck[j] / n)
+            # which items each epoch got right: the per-item data of the test accuracies
+            self.hits.setdefault(lr, {}).setdefault(f"{tag}_top1", []).append(hit1[j])
+            self.hits[lr].setdefault(f"{tag}_topk", []).append(hitk[j])
 
 
 def _postfix(bar, run: Run, tag: str) -> None:
@@ -254,6 +261,8 @@ def _postfix(bar, run: Run, tag: str) -> None:
 # -- the task ------------------------------------------------------------------------------------
 class ProbeTask(Task):
     """Base of linear_probe and attentive_probe; subclasses define the head and its input."""
+
+    seeded = True  # the heads' initialisation, batch order and held-out split follow ctx.seed
 
     default_lr = 0.1
 
@@ -390,7 +399,38 @@ class ProbeTask(Task):
             "seconds": {"features": round(t_feat, 3), "total": round(time.perf_counter() - t0, 3)},
         })
         artifacts = [self._write_curves(ctx.out_dir, full, sel, lrs)]
-        return {"metrics": metrics, "details": details, "artifacts": artifacts}
+        return {"metrics": metrics, "details": details, "artifacts": artifacts,
+                "per_item": self._per_item(full, details, lrs, te_s)}
+
+    @staticmethod
+    def _per_item(full: Run, details: dict, lrs, test_samples) -> dict:
+        """Which test items each epoch of the protocol lr got right (top-1, top-k: [n, epochs]), and which the
+        held-out choice (its lr and epoch) got right."""
+        hits = full.hits[lrs[0]]
+        out = {"items": np.asarray(test_samples.keys, dtype=str),
+               "top1": np.stack(hits["test_top1"], 1), "topk": np.stack(hits["test_topk"], 1)}
+        choice = details.get("heldout_choice")
+        if choice:
+            chosen = full.hits[choice["base_lr"]]
+            out["top1_heldout"] = chosen["test_top1"][choice["epoch"] - 1]
+            out["topk_heldout"] = chosen["test_topk"][choice["epoch"] - 1]
+        return out
+
+    def resample(self, per_item, counts):
+        """Accuracies on the resampled test items: at the best epoch (chosen again on each resample, as the
+        official best_acc1 is chosen on the test split; top-k at that epoch), at the final epoch, and at the
+        held-out choice."""
+        n, K = counts.shape[1], self.k
+        top1 = 100.0 * weighted_sums(counts, per_item["top1"]) / n  # [b, epochs]
+        topk = 100.0 * weighted_sums(counts, per_item["topk"]) / n
+        best = np.argmax(top1, axis=1)  # the first maximum
+        rows = np.arange(len(counts))
+        out = {"top1_best_epoch": top1[rows, best], f"top{K}_best_epoch": topk[rows, best],
+               "top1_final": top1[:, -1], f"top{K}_final": topk[:, -1]}
+        if "top1_heldout" in per_item:
+            out["top1_heldout"] = 100.0 * weighted_sums(counts, per_item["top1_heldout"]) / n
+            out[f"top{K}_heldout"] = 100.0 * weighted_sums(counts, per_item["topk_heldout"]) / n
+        return out
 
     # ---------------------------------------------------------------------------------------------
     @staticmethod

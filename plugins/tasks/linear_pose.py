@@ -37,7 +37,8 @@ from .dense import DerivedSamples
 from .dense_task import Decoder, DenseHeadTask, Training, dense_options
 from .head_bank import adamw
 from .pose_codec import PoseCodec, instance_scores, joints_mse_loss
-from .pose_eval import STAT_NAMES, evaluate_keypoints, keypoint_results
+from .pose_eval import STAT_NAMES, evaluate_keypoints, keypoint_results, resampled_stats
+from .resampling import elementwise
 
 METRICS = ("AP", "AP50", "AP75", "AR", "AR50")
 
@@ -125,8 +126,9 @@ class Heatmaps(Decoder):
         for hm in heatmaps:
             xy, maxvals = codec.decode(torch.cat(hm), geo[:, :2], geo[:, 2:4])
             preds = keypoint_results(ids, xy, maxvals, instance_scores(maxvals, [samples.score(i) for i in range(n)]))
-            results.append({"stats": evaluate_keypoints(samples.annotation_file, preds, image_ids=sorted(set(ids))),
-                            "predictions": preds})
+            per_image: dict = {}
+            stats = evaluate_keypoints(samples.annotation_file, preds, image_ids=sorted(set(ids)), per_image=per_image)
+            results.append({"stats": stats, "predictions": preds, "per_image": per_image})
         return results
 
 
@@ -134,6 +136,7 @@ class LinearPose(DenseHeadTask):
     """Linear top-down pose (1x1 conv on frozen block maps, heatmaps): COCO keypoint AP, AP50, AP75, AR, AR50."""
 
     headline = METRICS
+    seeded = True
     samples_type, kind, item = KeypointSamples, "keypoint", "crop"
     options = {
         **dense_options("crop", lr=5e-4, batch_size=512, weight_decay=0.1, warmup=500, test_split="test", notes={
@@ -211,7 +214,13 @@ class LinearPose(DenseHeadTask):
                    "cache_gb": None if unit.cache_gb is None else round(unit.cache_gb, 3),
                    "annotation_file": test_s.annotation_file, "final_loss": curve[-1][1:] if curve else None,
                    "seconds": round(time.perf_counter() - unit.t0, 3)}
-        return {"metrics": metrics, "details": details, "artifacts": preds_paths + [curve_path, heads_path]}
+        return {"metrics": metrics, "details": details, "artifacts": preds_paths + [curve_path, heads_path],
+                "per_item": results[0]["per_image"]}
+
+    def resample(self, per_item, counts):
+        """COCO keypoint AP, AP50, AP75, AR, AR50 on resampled test images (``pose_eval.resampled_stats``)."""
+        stats = resampled_stats(per_item, counts)
+        return {m: elementwise(_pct, stats[m]) for m in METRICS}
 
 
 def _pct(v) -> float | None:

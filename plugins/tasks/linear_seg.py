@@ -235,6 +235,7 @@ class LabelMaps(Decoder):
         samples, view = unit.samples["test"], unit.views["test"]
         geo, device, maps = view.geo, unit.device, unit.maps("test")
         areas = [[torch.zeros(C, dtype=torch.float64) for _ in range(4)] for _ in bank.heads]
+        per_image = [np.zeros((4, len(samples), C), np.int64) for _ in bank.heads]  # every image's four areas
         windows_of = windows_by_image(view)
         ch, cw = geo.crop
         for i in unit.ctx.progress(range(len(samples)), desc=f"{self.task.name} eval", total=len(samples)):
@@ -256,7 +257,8 @@ class LabelMaps(Decoder):
                 res = IoUMetric.intersect_and_union(pred, label, C, 255)
                 for a, r in zip(areas[j], res):
                     a += r.double()
-        return [scores_from_areas(a, list(samples.classes)) for a in areas]
+                per_image[j][:, i] = torch.stack(res).long().numpy()
+        return [{**scores_from_areas(a, list(samples.classes)), "per_image": p} for a, p in zip(areas, per_image)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,6 +280,8 @@ def _check_pair(v):
 
 class LinearSeg(DenseHeadTask):
     """Linear semantic segmentation (1x1 conv on frozen block maps): mIoU, mAcc, aAcc."""
+
+    seeded = True
 
     headline = ("mIoU", "mAcc", "aAcc")
     samples_type, kind, item = SegSamples, "segmentation", "window"
@@ -391,7 +395,14 @@ class LinearSeg(DenseHeadTask):
             "n": {"train_images": len(unit.samples["train"]), "test_images": len(unit.samples["test"])},
             "seconds": {"total": round(time.perf_counter() - unit.t0, 3), "train": round(unit.train_seconds, 3)},
         }
-        return {"metrics": metrics, "details": details, "artifacts": [heads_path, curve_path]}
+        return {"metrics": metrics, "details": details, "artifacts": [heads_path, curve_path],
+                "per_item": area_arrays(unit.samples["test"].keys, main["per_image"])}
+
+    def resample(self, per_item, counts):
+        """mIoU, mAcc, aAcc of the resampled test images: their intersection, union, prediction and label
+        areas summed per class (as IoUMetric sums them over the images), then IoUMetric's formulas and
+        rounding (the paper protocol's two decimals)."""
+        return resampled_scores(per_item, counts, decimals=2 if self.opts["protocol"] == "paper" else 4)
 
     # -- paper ----------------------------------------------------------------------------------------
     def _run_paper(self, ctx) -> dict:
@@ -451,7 +462,11 @@ class LinearSeg(DenseHeadTask):
                    "config": str(main_cfg), "seconds": round(time.perf_counter() - t0, 3),
                    "note": "mmseg's IoUMetric rounds to 2 decimals"}
         artifacts = [str(c) for _, c, _ in runs] + [r["checkpoint"] for _, _, r in runs if r.get("checkpoint")]
-        return {"metrics": metrics, "details": details, "artifacts": artifacts}
+        out = {"metrics": metrics, "details": details, "artifacts": artifacts}
+        if main_res.get("per_image"):  # mmseg's per-image areas, in its dataset order (rank 0 has them)
+            with np.load(main_res["per_image"]) as f:
+                out["per_item"] = area_arrays(f["items"], f["areas"])
+        return out
 
     @property
     def distributed(self) -> bool:  # type: ignore[override]
@@ -495,6 +510,34 @@ def scores_from_areas(areas, classes: list[str]) -> dict:
             "mAcc": float(np.round(np.nanmean(ret["Acc"]) * 100, 4)),
             "per_class": {n: {"IoU": _num(ret["IoU"][k] * 100), "Acc": _num(ret["Acc"][k] * 100)}
                           for k, n in enumerate(classes)}}
+
+
+AREAS = ("intersect", "union", "pred", "label")
+
+
+def area_arrays(keys, per_image) -> dict:
+    """The per-item data of a segmentation result: the test images' keys and their per-class areas (pixel
+    counts: intersection and union of prediction and label, prediction, label), int64 [images, classes]."""
+    return {"items": np.asarray(keys, dtype=str), **{a: np.asarray(v, np.int64) for a, v in zip(AREAS, per_image)}}
+
+
+def resampled_scores(per_item: dict, counts: np.ndarray, decimals: int) -> dict:
+    """aAcc, mIoU, mAcc (percent) of each resample (counts [b, images]): the images' areas summed, then
+    ``IoUMetric.total_area_to_metrics`` (IoU = intersect / union, Acc = intersect / label per class, classes
+    without a label or prediction pixel NaN and left out of the means) rounded as the protocol rounds."""
+    from .resampling import nanmean_rows, weighted_sums
+
+    inter, union, label = (weighted_sums(counts, per_item[a]).astype(np.float64) for a in ("intersect", "union", "label"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a_acc = inter.sum(1) / label.sum(1)
+        iou, acc = inter / union, inter / label
+    out = {"aAcc": np.round(a_acc * 100, decimals), "mIoU": np.round(nanmean_rows(iou) * 100, decimals),
+           "mAcc": np.round(nanmean_rows(acc) * 100, decimals)}
+    if decimals == 2:  # the paper protocol's metrics pass through Python's round(v, 2) once more
+        from .resampling import elementwise
+
+        out = {k: elementwise(lambda x: round(x, 2), v) for k, v in out.items()}
+    return out
 
 
 def _free_port() -> int:

@@ -72,14 +72,15 @@ def _keypoint_category(gt, where: str) -> dict:
 
 
 def evaluate_keypoints(ground_truth, results: Sequence[dict], image_ids: Sequence[int] | None = None,
-                       sigmas: Sequence[float] | None = None) -> dict[str, float]:
+                       sigmas: Sequence[float] | None = None, per_image: dict | None = None) -> dict[str, float]:
     """COCOeval keypoint summary in percent: {"AP", "AP50", ..., "ARl"} (see ``STAT_NAMES``).
 
     ``ground_truth``: a person_keypoints json path or a pycocotools ``COCO``. ``results``: COCO keypoint
     results (``keypoint_results``). ``image_ids``: evaluate only these images (default: every image of
     the file; persons of images without predictions then count as misses). ``sigmas``: per-keypoint OKS
     constants (default COCO's 17). No results at all gives 0 for every number that has ground truth.
-    pycocotools' prints are silenced.
+    pycocotools' prints are silenced. ``per_image``: a dict that receives ``matches(ev)``, the per-image data
+    from which ``resampled_stats`` recomputes the numbers on resampled images.
     """
     gt = ground_truth if hasattr(ground_truth, "dataset") else load_ground_truth(ground_truth)
     where = str(ground_truth) if not hasattr(ground_truth, "dataset") else "ground truth"
@@ -117,7 +118,82 @@ def evaluate_keypoints(ground_truth, results: Sequence[dict], image_ids: Sequenc
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {name: (math.nan if v < 0 else round(100.0 * float(v), 6)) for name, v in zip(STAT_NAMES, ev.stats)}
+    if per_image is not None:
+        per_image.update(matches(ev))
+    return {name: _percent(v) for name, v in zip(STAT_NAMES, ev.stats)}
+
+
+def _percent(v: float) -> float:
+    return math.nan if v < 0 else round(100.0 * float(v), 6)
+
+
+def matches(ev) -> dict:
+    """What ``COCOeval.accumulate`` reads for the all-area, 20-detection summary numbers, per image, after
+    ``evaluate``: ``items`` (the image ids), ``gt_count`` (each image's persons that are not ignored),
+    ``dt_image`` (each detection's image, as an index into ``items``) and ``dt_tp``/``dt_fp`` (bool [D, T]:
+    matched / unmatched and not ignored at each OKS threshold), the detections in accumulate's order
+    (by score, descending, a stable sort of the images' detections in image order)."""
+    p = ev.params
+    if len(p.catIds) != 1:
+        raise HarnessError(f"per-image keypoint data needs one category, got {len(p.catIds)}")
+    a_all = [list(r) for r in p.areaRng].index([0 ** 2, 1e5 ** 2])
+    max_det = p.maxDets[-1]
+    n_img = len(p.imgIds)
+    gt_count = np.zeros(n_img, np.int64)
+    scores, images, tps, fps = [], [], [], []
+    for i in range(n_img):
+        e = ev.evalImgs[a_all * n_img + i]
+        if e is None:
+            continue
+        gt_count[i] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+        dtm, dtig = e["dtMatches"][:, :max_det], e["dtIgnore"][:, :max_det]
+        scores.append(np.asarray(e["dtScores"][:max_det], np.float64))
+        images.append(np.full(dtm.shape[1], i, np.int64))
+        tps.append(np.logical_and(dtm, np.logical_not(dtig)))
+        fps.append(np.logical_and(np.logical_not(dtm), np.logical_not(dtig)))
+    T = len(p.iouThrs)
+    cat = (lambda xs, shape: np.concatenate(xs, axis=-1) if xs else np.zeros(shape))  # noqa: E731
+    sc = cat(scores, (0,))
+    order = np.argsort(-sc, kind="mergesort")
+    return {"items": np.asarray(p.imgIds, np.int64), "gt_count": gt_count,
+            "dt_image": cat(images, (0,)).astype(np.int64)[order],
+            "dt_tp": cat(tps, (T, 0)).astype(bool)[:, order].T, "dt_fp": cat(fps, (T, 0)).astype(bool)[:, order].T,
+            "iou_thrs": np.asarray(p.iouThrs, np.float64), "rec_thrs": np.asarray(p.recThrs, np.float64)}
+
+
+def resampled_stats(data: dict, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """AP, AP50, AP75, AR, AR50 (percent, as ``evaluate_keypoints``) of each resample of the images (counts
+    [b, images]), exactly as COCOeval on the resampled image set: an image drawn k times is k images with the
+    same detections, so each detection counts k times in accumulate's cumulative true and false positives and
+    each image's persons k times in the recall denominator. The copies of a detection are adjacent in score
+    order (equal scores keep image order), and within such a run precision only rises for true positives and
+    recall stays for false ones, so after the monotone envelope the run's last point stands for all of them."""
+    w = counts[:, data["dt_image"]].astype(np.int64)  # [b, D]
+    npig = counts.astype(np.int64) @ data["gt_count"]  # [b]
+    tp_w = np.cumsum(w[:, None, :] * data["dt_tp"].T[None].astype(np.int64), axis=2).astype(float)  # [b, T, D]
+    fp_w = np.cumsum(w[:, None, :] * data["dt_fp"].T[None].astype(np.int64), axis=2).astype(float)
+    b, T, D = tp_w.shape
+    rec_thrs = data["rec_thrs"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rc = tp_w / npig[:, None, None]
+        pr = tp_w / (fp_w + tp_w + np.spacing(1))
+    pr = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]  # accumulate's right-to-left envelope
+    q = np.zeros((b, T, len(rec_thrs)))
+    for r in range(b):
+        for t in range(T):
+            inds = np.searchsorted(rc[r, t], rec_thrs, side="left")
+            ok = inds < D
+            q[r, t, ok] = pr[r, t, inds[ok]]
+    recall = rc[:, :, -1] if D else np.zeros((b, T))
+    # summarize picks a threshold by exact equality (none found: -1), and averages what it picked
+    at = lambda thr, v: v[:, data["iou_thrs"] == thr].reshape(b, -1)  # noqa: E731
+    stats = {"AP": q.reshape(b, -1), "AP50": at(.5, q), "AP75": at(.75, q), "AR": recall, "AR50": at(.5, recall)}
+    stats = {k: v.mean(1) if v.shape[1] else np.full(b, -1.0) for k, v in stats.items()}
+    out = {}
+    for name, v in stats.items():
+        v = np.where(npig > 0, v, -1.0)  # COCOeval leaves -1 where no person counts
+        out[name] = np.array([_percent(x) for x in v.tolist()])
+    return out
 
 
 def _empty_results(gt):

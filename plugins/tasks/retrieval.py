@@ -20,6 +20,7 @@ import numpy as np
 from harness.api import HarnessError, Option, Task, hookimpl
 from harness.api import FeatureRequest
 
+from .resampling import class_sums, elementwise, nanmean_rows
 from .retrieval_metrics import auto_block_size, class_mean_ap, mean_ap, per_class_ap, retrieval_ap_part
 
 VECTOR_REPS = ("cls", "mean_patch", "projected", "pooled")
@@ -168,7 +169,30 @@ class Retrieval(Task):
                              "without any positive are left out of both",
             "dataset_summary": dict(samples.summary),
         }
-        return {"metrics": metrics, "details": details, "artifacts": [str(npz)]}
+        per_item = {"items": np.asarray(samples.keys, dtype=str), "labels": labels, "AP": ap_arrays[chosen],
+                    **{f"AP.{r}": a for r, a in ap_arrays.items()}}
+        return {"metrics": metrics, "details": details, "artifacts": [str(npz)], "per_item": per_item}
+
+    def resample(self, per_item, counts):
+        """AP: the mean AP of the resampled queries; mAP: the mean over classes of the mean AP of the class's
+        resampled queries (classes drawn without a query with positives left out), for the reported
+        representation (AP, mAP) and each computed one (AP.<rep>, mAP.<rep>)."""
+        labels = np.asarray(per_item["labels"], dtype=np.int64)
+        out = {}
+        for name in [k for k in per_item if k == "AP" or k.startswith("AP.")]:
+            ap = np.asarray(per_item[name], dtype=np.float64)
+            valid = ~np.isnan(ap)
+            w = counts * valid  # queries without positives count nowhere
+            drawn = counts * np.where(valid, ap, 0.0)  # [b, n]: each query's AP times how often it is drawn
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ap_mean = drawn.sum(1) / w.sum(1)
+                n_class = class_sums(w, labels)
+                class_means = np.where(n_class > 0, class_sums(drawn, labels) / np.maximum(n_class, 1), np.nan)
+                class_map = nanmean_rows(class_means)
+            suffix = name[2:]
+            out["AP" + suffix] = elementwise(_pct, ap_mean)
+            out["mAP" + suffix] = elementwise(_pct, class_map)
+        return out
 
 
 @hookimpl

@@ -151,6 +151,7 @@ def register() -> None:
 
     ensure_mmseg()
     import numpy as np
+    import torch
     from mmengine.hooks import Hook
     from mmengine.model import BaseModule
     from mmseg.evaluation import IoUMetric
@@ -191,9 +192,19 @@ def register() -> None:
 
     class KeepPerClassIoU(IoUMetric):
         """IoUMetric that also writes its metrics and the per-class IoU and Acc (in %) to
-        ``output_dir/metrics.json`` (runs on rank 0, after the results of every rank were collected)."""
+        ``output_dir/metrics.json``, and every image's four areas with its file name to
+        ``output_dir/per_image.npz`` (the per-item data of the bootstrap; runs on rank 0, after the results of
+        every rank were collected, in dataset order)."""
+
+        def process(self, data_batch, data_samples):
+            before = len(self.results)
+            super().process(data_batch, data_samples)
+            for k, sample in enumerate(data_samples):  # each image's areas carry its file name
+                self.results[before + k] = (*self.results[before + k], Path(sample["img_path"]).name)
 
         def compute_metrics(self, results: list):
+            names_of = [r[4] for r in results]
+            results = [r[:4] for r in results]
             metrics = super().compute_metrics(results)
             res = tuple(zip(*results))
             ret = self.total_area_to_metrics(sum(res[0]), sum(res[1]), sum(res[2]), sum(res[3]), self.metrics,
@@ -205,6 +216,8 @@ def register() -> None:
                 Path(self.output_dir).mkdir(parents=True, exist_ok=True)
                 (Path(self.output_dir) / "metrics.json").write_text(json.dumps(
                     {"metrics": {k: float(v) for k, v in metrics.items()}, "per_class": per_class}, indent=1))
+                np.savez(Path(self.output_dir) / "per_image.npz", items=np.asarray(names_of, dtype=str),
+                         areas=np.stack([torch.stack(r).long().numpy() for r in results], 1))
             return metrics
 
     def _round(v):
@@ -277,6 +290,8 @@ def run(cfg: dict) -> dict:
     work = Path(cfg["work_dir"])
     found = Path(cfg["val_evaluator"]["output_dir"]) / "metrics.json"
     out = json.loads(found.read_text()) if found.is_file() else {"metrics": {}, "per_class": {}}
+    areas = found.with_name("per_image.npz")
+    out["per_image"] = str(areas) if areas.is_file() else None
     ckpt = work / f"iter_{cfg['train_cfg']['max_iters']}.pth"
     counts = work / f"forwards-rank{runner.rank}.json"
     out.update(checkpoint=str(ckpt) if ckpt.is_file() else None, iterations=cfg["train_cfg"]["max_iters"],
