@@ -62,6 +62,8 @@ class LevelledDataset(Dataset):
         self.level = options.get("level") or self.default_level
         self.serving = "items"
         self._variants: dict = {"items": self}
+        #: what read_items gave per split, shared by the variants: validation and the run read each file once
+        self._read: dict = {}
 
     # -- what a task is served ------------------------------------------------------------------------
     def serve(self, samples_type: type) -> Dataset:
@@ -103,8 +105,14 @@ class LevelledDataset(Dataset):
                 self.check_items(s)
 
     def check_items(self, split: str) -> None:
-        """Validation of the files crops of ``split`` are read from (default: reading them)."""
-        self.read_items(split)
+        """Validation of the files the crops of ``split`` are read from (default: reading them)."""
+        self.items(split)
+
+    def items(self, split: str) -> tuple[list, list[str], dict, list]:
+        """``read_items(split)``, once per dataset entry."""
+        if split not in self._read:
+            self._read[split] = self.read_items(split)
+        return self._read[split]
 
     def load(self, split: str) -> Samples:
         if split not in self.splits:
@@ -113,10 +121,15 @@ class LevelledDataset(Dataset):
         if self.serving == "maps":
             self._need_maps()
             return self.map_samples(split)
-        parts = [self.read_items(s) for s in (self.base_splits if split == "all" else (split,))]
+        names = self.base_splits if split == "all" else (split,)
+        parts = [self.items(s) for s in names]
         items = [it for p in parts for it in p[0]]
         classes = parts[0][1]
-        summary = merge_summaries([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
+        for s, p in zip(names, parts):
+            if p[1] != classes:
+                raise HarnessError(f"dataset '{self.name}': split '{s}' lists other classes than split "
+                                   f"'{names[0]}' ({len(p[1])} against {len(classes)}); its crops cannot share labels")
+        summary = merge_summaries([p[2] for p in parts]) if len(parts) > 1 else dict(parts[0][2])
         per_class = Counter(lab for _, lab, _, _ in items)
         summary.update(split=split, level=self.level, kept=len(items),
                        per_class={classes[c]: per_class.get(c, 0) for c in range(len(classes))})

@@ -15,6 +15,7 @@ by ids (the API has no parent field): levels are compared side by side, not nest
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from harness.api import HarnessError, Option, hookimpl
@@ -74,7 +75,15 @@ class Spin(LevelledDataset):
         return items, [c["name"] for c in cats], summary, [path]
 
     def map_samples(self, split: str):
-        _, _, cats = self.annotation(split)
+        path = self.root() / f"spin_{split}_{FILES[self.level]}.json"
+        if not path.is_file():
+            raise self.missing(path, f"SPIN {FILES[self.level]} annotation file of split '{split}'")
+        try:  # the class names only: the annotations are checked where crops are read
+            cats = json.loads(path.read_text()).get("categories") or []
+        except (OSError, ValueError, AttributeError) as exc:
+            raise HarnessError(f"{path}: not a COCO annotation file ({type(exc).__name__}: {exc})") from None
+        if not cats or not all(isinstance(c, dict) and isinstance(c.get("id"), int) for c in cats):
+            raise HarnessError(f"{path}: 'categories' must list entries with an integer 'id'")
         img = self.folder("images", self.root() / "images") / split
         ann = self.folder("masks", self.root()) / f"{split}_{MAPS[self.level]}"
         if not img.is_dir():
@@ -82,7 +91,7 @@ class Spin(LevelledDataset):
         if not ann.is_dir():
             raise self.missing(ann, "rasterised label-map folder (run spin.SPIN(annotation_dir, image_dir, split)"
                                ".rasterize_dataset() from spin-dataset-api)")
-        classes = value_classes({c["id"]: c["name"] for c in cats}, BACKGROUND[self.level])
+        classes = value_classes({c["id"]: str(c.get("name", c["id"])) for c in cats}, BACKGROUND[self.level])
         return label_map_samples(img, ann, classes, split, GEOMETRY, img_suffix=".JPEG")
 
 
