@@ -17,7 +17,7 @@ from harness.api import HarnessError, Option, hookimpl
 from .ade20k import ADE_GEOMETRY
 from .coco import load_coco
 from .ov_parts import OVPartsDataset
-from .part_levels import check_instances, instance_items, level_option
+from .part_levels import check_instances, instance_items
 
 #: the 44 objects with parts and how many parts each has, in the part-index order
 OBJECT_PARTS = [("person", 9), ("door", 4), ("clock", 2), ("toilet", 3), ("cabinet", 7), ("sink", 5), ("lamp", 9),
@@ -37,8 +37,6 @@ class ADE20KPart234(OVPartsDataset):
     """ADE20K-Part-234 (OV-PARTS): 44 objects (instance boxes), 234 parts (label maps)."""
 
     version = "1"
-    levels = ("object", "part")
-    default_level = "part"
     hierarchy = "ade20k_part_234"
     split_dirs = {"train": "training", "val": "validation"}
     class_lists = {"part": PARTS}
@@ -46,7 +44,6 @@ class ADE20KPart234(OVPartsDataset):
     options = {
         "root": Option(str, help="the ADE20KPart234 folder (images/, annotations_detectron2_part/, "
                        "ade20k_instance_{train,val}.json)", path="dir"),
-        **level_option(levels, default_level),
     }
 
     def read_items(self, split: str):
@@ -61,8 +58,9 @@ class ADE20KPart234(OVPartsDataset):
             raise HarnessError(f"{path}: no 'categories'")
         check_instances(path, coco.dataset, {c["id"] for c in cats})
         img_dir = self.root() / "images" / self.split_dirs[split]
-        items, summary = instance_items(path, coco.dataset.get("annotations", []), coco.imgs, lambda im: img_dir / im["file_name"],
-                                        {c["id"]: i for i, c in enumerate(cats)}, point=False)
+        items, summary = instance_items(path, coco.dataset.get("annotations", []), coco.imgs,
+                                        lambda im: img_dir / im["file_name"], {c["id"]: i for i, c in enumerate(cats)},
+                                        point=False)
         return items, [c.get("name", str(c["id"])) for c in cats], summary, [path]
 
 

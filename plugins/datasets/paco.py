@@ -22,7 +22,7 @@ from harness.api import HarnessError, Option, hookimpl
 
 from ._common import expand
 from .coco import load_coco
-from .part_levels import LevelledDataset, check_instances, instance_items, level_option
+from .part_levels import LevelledDataset, check_instances, instance_items
 
 SOURCE = "https://github.com/facebookresearch/paco (paco_lvis_v1 annotations; images: COCO 2017)"
 SUPERCATEGORY = {"object": "OBJECT", "part": "PART"}
@@ -32,8 +32,6 @@ class Paco(LevelledDataset):
     """PACO-LVIS object and object-part crops on COCO 2017 images."""
 
     version = "1"
-    levels = ("object", "part")
-    default_level = "part"
     hierarchy = "paco"
     source = SOURCE
     options = {
@@ -41,7 +39,6 @@ class Paco(LevelledDataset):
                        path="dir"),
         "coco_images": Option(str, help="the COCO image root file_name is joined onto (holding train2017/ and "
                               "val2017/)", path="dir"),
-        **level_option(levels, default_level),
     }
 
     def annotation_file(self, split: str) -> Path:
@@ -68,7 +65,8 @@ class Paco(LevelledDataset):
         check_instances(path, data, {c["id"] for c in cats})
         mine = [c for c in cats if c.get("supercategory") == SUPERCATEGORY[self.level]]
         if not mine:
-            raise HarnessError(f"{path}: no category with supercategory '{SUPERCATEGORY[self.level]}' (not a PACO file?)")
+            raise HarnessError(f"{path}: no category with supercategory '{SUPERCATEGORY[self.level]}' "
+                               "(not a PACO file?)")
         ids = {a["id"] for a in data.get("annotations", [])}
         for a in data.get("annotations", []):
             if a.get("obj_ann_id") not in ids:

@@ -45,17 +45,24 @@ EDGE_TOLERANCE = 1.0
 IGNORE = 255
 
 
+def level_option(levels: Sequence[str], default: str) -> dict[str, Option]:
+    """The ``level`` option of a family with ``levels`` (coarse to fine)."""
+    return {"level": Option(str, default, f"which level's labels: {', '.join(levels)} (coarse to fine)",
+                            choices=list(levels))}
+
+
 class LevelledDataset(Dataset):
     """Base of the multi-level part datasets (see the module docstring)."""
 
-    levels: Sequence[str] = ()
+    levels: Sequence[str] = ("object", "part")
     #: the level used when the spec gives none (the finest part level)
-    default_level: str = ""
+    default_level: str = "part"
     #: levels cropped around region centroids with the keypoint rule; the others are cropped around boxes
     point_levels: Sequence[str] = ("part", "subpart")
     base_splits: Sequence[str] = ("train", "val", "test")
     #: where the release is published (named in missing-file errors)
     source: str = ""
+    options = level_option(levels, default_level)  # a family with other levels declares its own
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
@@ -141,12 +148,6 @@ class LevelledDataset(Dataset):
 
     def read_items(self, split: str) -> tuple[list, list[str], dict, list]:
         raise NotImplementedError
-
-
-def level_option(levels: Sequence[str], default: str) -> dict[str, Option]:
-    """The ``level`` option of a family with ``levels`` (coarse to fine)."""
-    return {"level": Option(str, default, f"which level's labels: {', '.join(levels)} (coarse to fine)",
-                            choices=list(levels))}
 
 
 def merge_summaries(summaries: list[dict]) -> dict:

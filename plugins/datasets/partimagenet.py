@@ -27,7 +27,7 @@ from pathlib import Path
 from harness.api import HarnessError, Option, hookimpl
 
 from .coco import load_coco
-from .part_levels import (LevelledDataset, check_instances, instance_items, label_map_samples, level_option, map_items,
+from .part_levels import (LevelledDataset, check_instances, instance_items, label_map_samples, map_items,
                           value_classes)
 
 SUPER = ["Quadruped", "Biped", "Fish", "Bird", "Snake", "Reptile", "Car", "Bicycle", "Boat", "Aeroplane", "Bottle"]
@@ -46,14 +46,11 @@ class PartImageNet(LevelledDataset):
     """PartImageNet, both releases (detected from the folder layout): object and part level."""
 
     version = "1"
-    levels = ("object", "part")
-    default_level = "part"
     hierarchy = "partimagenet"
     source = SOURCE
     options = {
         "root": Option(str, help="the release's folder: images/ and annotations/ (Seg) or {train,val,test}.json "
                        "and {train,val,test}/ (OOD)", path="dir"),
-        **level_option(levels, default_level),
     }
 
     def release(self) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from harness.api import Option, hookimpl
 
 from .ov_parts import OVPartsDataset, owned_names
-from .part_levels import level_option
 from .pascal_part import _Pascal
 
 VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -24,7 +23,8 @@ PARTS = owned_names([
     ("aeroplane", "body stern wing tail engine wheel"), ("bicycle", "wheel saddle handlebar chainwheel headlight"),
     ("bird", "wing tail head eye beak torso neck leg foot"), ("bottle", "body cap"), ("bus", _VEHICLE),
     ("car", _VEHICLE), ("cat", "tail head eye torso neck leg nose paw ear"),
-    ("cow", "tail head eye torso neck leg ear muzzle horn"), ("dog", "tail head eye torso neck leg nose paw ear muzzle"),
+    ("cow", "tail head eye torso neck leg ear muzzle horn"),
+    ("dog", "tail head eye torso neck leg nose paw ear muzzle"),
     ("horse", "tail head eye torso neck leg ear muzzle hoof"), ("motorbike", "wheel saddle handlebar headlight"),
     ("person", "head eye torso neck leg foot nose ear eyebrow mouth hair lower_arm upper_arm hand"),
     ("pottedplant", "pot plant"), ("sheep", "tail head eye torso neck leg ear muzzle horn"),
@@ -35,15 +35,12 @@ class PascalPart116(OVPartsDataset):
     """Pascal-Part-116 (OV-PARTS): 20 objects, 116 parts, object and part label maps."""
 
     version = "1"
-    levels = ("object", "part")
-    default_level = "part"
     hierarchy = "pascal_part_116"
     class_lists = {"object": VOC, "part": PARTS}
     defaults = _Pascal.defaults
     options = {
         "root": Option(str, help="the PascalPart116 folder (images/, annotations_detectron2_part/, "
                        "annotations_detectron2_obj/)", path="dir"),
-        **level_option(levels, default_level),
     }
 
 
