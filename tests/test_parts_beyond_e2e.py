@@ -65,3 +65,23 @@ def test_the_level_chart_draws_three_levels_coarse_to_fine(tmp_path):
     assert (tmp_path / "out" / "levels.png").is_file()
     md = (tmp_path / "out" / "report.md").read_text()
     assert "object vs part vs subpart: spin (spin_object / spin_part / spin_subpart), retrieval AP" in md
+
+
+@pytest.mark.slow
+def test_the_mmseg_recipe_reads_the_same_maps(tmp_path):
+    """protocol: paper hands mmseg's BaseSegDataset the layout of SPIN's rasterised maps (.JPEG images in another
+    folder than the maps, no zero reduction, background a class)."""
+    spin = pf.write_spin(tmp_path / "spin")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        encoders: {{vit: {{plugin: random_vit, options: {TINY}}}}}
+        datasets:
+          spin: {{plugin: spin, options: {{root: "{spin}", level: subpart}}}}
+        tasks:
+          paper: {{plugin: linear_seg, options: {{protocol: paper, blocks: [0], iterations: 2, batch_size: 2, warmup: 1,
+                                                 workers: 0, isolation: inprocess, scale: [128, 96], crop: [64, 64],
+                                                 stride: [64, 64]}}}}
+        """))
+    results = run_spec(spec, tmp_path / "out", plugins=Plugins(), show_progress=False)
+    assert [r["status"] for r in results] == ["ok"], [r.get("error") for r in results]
+    assert len(results[0]["details"]["per_class"]) == 204 and results[0]["details"]["protocol"] == "paper"
