@@ -233,3 +233,15 @@ def test_the_images_are_checked_too(tmp_path):
     assert f"{gone}: image not found" in text
     with Image.open(root / "images" / "training" / "ADE_training_00000000.jpg") as im:
         assert im.size == (pf.W, pf.H)
+
+
+def test_all_refuses_splits_whose_classes_differ(tmp_path):
+    root = pf.write_ade234(tmp_path / "ADE20KPart234")
+    path = root / "ade20k_instance_val.json"
+    data = json.loads(path.read_text())
+    data["categories"].append({"id": 3, "name": "bus"})
+    path.write_text(json.dumps(data))
+    ds = make(ADE20KPart234, root=root, level="object")
+    assert len(crops(ds, "val").classes) == 3
+    with pytest.raises(HarnessError, match="split 'val' lists other classes than split 'train' \\(3 against 2\\)"):
+        crops(ds, "all")

@@ -62,7 +62,8 @@ class LevelledDataset(Dataset):
     base_splits: Sequence[str] = ("train", "val", "test")
     #: where the release is published (named in missing-file errors)
     source: str = ""
-    options = level_option(levels, default_level)  # a family with other levels declares its own
+    options = {"root": Option(str, help="the release's folder", path="dir"),  # subclasses say which
+               **level_option(levels, default_level)}  # a family with other levels declares its own
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
