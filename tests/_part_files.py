@@ -185,7 +185,8 @@ def write_spin(root: Path, per_class: int = 3, rasterise: bool = True) -> Path:
             write_json(root / f"spin_{split}_{level}.json", {
                 "images": imgs, "categories": cats[level],
                 "annotations": [{"id": a + 1, "image_id": iid, "category_id": cid, "segmentation": rle(box),
-                                 "bbox": bbox(box), "area": 1, "iscrowd": 0} for a, (iid, cid, box) in enumerate(rows)]})
+                                 "bbox": bbox(box), "area": 1, "iscrowd": 0}
+                                for a, (iid, cid, box) in enumerate(rows)]})
     return root
 
 

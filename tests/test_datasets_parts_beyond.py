@@ -230,7 +230,7 @@ def test_the_images_are_checked_too(tmp_path):
     gone.unlink()
     text = one_line_error(tmp_path, "ade20k_part_234", {"root": root, "level": "object"}, "retrieval",
                           "{split: all}")
-    assert f"{gone}: image not found" in text
+    assert f"{gone}: image not found" in text and "download: https://github.com/OpenRobotLab/OV_PARTS" in text
     with Image.open(root / "images" / "training" / "ADE_training_00000000.jpg") as im:
         assert im.size == (pf.W, pf.H)
 

@@ -60,7 +60,7 @@ class ADE20KPart234(OVPartsDataset):
         img_dir = self.root() / "images" / self.split_dirs[split]
         items, summary = instance_items(path, coco.dataset.get("annotations", []), coco.imgs,
                                         lambda im: img_dir / im["file_name"], {c["id"]: i for i, c in enumerate(cats)},
-                                        point=False)
+                                        point=False, source=self.source)
         return items, [c.get("name", str(c["id"])) for c in cats], summary, [path]
 
 

@@ -76,7 +76,7 @@ class Paco(LevelledDataset):
         items, summary = instance_items(path, data["annotations"], coco.imgs, self.image_file,
                                         {c["id"]: i for i, c in enumerate(mine)}, point=not is_object,
                                         group_of=lambda a: a["obj_ann_id"],
-                                        keep=lambda a: (a["id"] == a["obj_ann_id"]) == is_object)
+                                        keep=lambda a: (a["id"] == a["obj_ann_id"]) == is_object, source=self.source)
         return items, [c["name"] for c in mine], summary, [path]
 
 

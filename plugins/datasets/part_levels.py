@@ -42,7 +42,6 @@ from .seg_folders import pair_files
 MIN_OBJECT_SIDE = 32.0
 #: how far (pixels) a polygon vertex may lie outside its image before the file is rejected (edge rounding)
 EDGE_TOLERANCE = 1.0
-IGNORE = 255
 
 
 def level_option(levels: Sequence[str], default: str) -> dict[str, Option]:
@@ -265,7 +264,11 @@ def check_instances(path: Path, data: dict, categories: set) -> None:
         seg = a.get("segmentation")
         if isinstance(seg, list):
             for poly in seg:
-                xy = np.asarray(poly, dtype=np.float64).reshape(-1)
+                try:
+                    xy = np.asarray(poly, dtype=np.float64).reshape(-1)
+                except (TypeError, ValueError):
+                    raise HarnessError(f"{path}: annotation {aid}: a polygon must be a list of numbers "
+                                       "[x1, y1, x2, y2, ...]") from None
                 if xy.size % 2:
                     raise HarnessError(f"{path}: annotation {aid}: a polygon has an odd number of coordinates")
                 xs, ys = xy[0::2], xy[1::2]
@@ -327,12 +330,13 @@ def centroid(seg, h: int, w: int) -> tuple[float, float] | None:
 
 
 def instance_items(path: Path, annotations: list, imgs: dict, image_file, label_of: dict, point: bool, group_of=None,
-                   keep=None):
+                   keep=None, source: str = ""):
     """Crop items of the ``annotations`` of a COCO/LVIS file (already checked with ``check_instances``; ``imgs``:
     its images by id): ``image_file(image entry)`` gives an image's path, ``label_of`` maps category ids to
     labels (other categories are skipped), ``keep(annotation)`` filters. Part-like levels (``point``) crop
     around each annotation's mask centroid, grouped by ``group_of(annotation)`` (default: its image); object
-    levels around its box. Returns (items, summary); a missing image is a one-line error counting the others."""
+    levels around its box. Returns (items, summary); a missing image is a one-line error counting the others
+    and naming ``source`` (where the images are published)."""
     counts: Counter = Counter()
     groups: dict = {}
     for a in sorted(annotations, key=lambda a: (a["image_id"], a["id"])):
@@ -365,7 +369,8 @@ def instance_items(path: Path, annotations: list, imgs: dict, image_file, label_
                 items += box_crops(file, [(label_of[a["category_id"]], *map(float, bbox),
                                            f"{im['file_name']}#{a['id']}")], counts)
     if missing:
-        raise HarnessError(f"{missing[0]}: image not found (read by {path}; {len(missing)} image(s) missing)")
+        raise HarnessError(f"{missing[0]}: image not found (read by {path}; {len(missing)} image(s) missing"
+                           f"{'; download: ' + source if source else ''})")
     summary = {"annotation_file": str(path), "images": len(seen), "dropped_empty_mask": counts["dropped_empty_mask"],
                **crop_counters(counts, point)}
     return items, summary

@@ -121,7 +121,7 @@ class PartImageNet(LevelledDataset):
         point = self.level == "part"
         if point:
             items, summary = instance_items(path, data["annotations"], coco.imgs, image_file, {c: c for c in cats},
-                                            point=True)
+                                            point=True, source=self.source)
         else:  # the object: the box around all parts of the image, labelled by their super-category
             objects = []
             by_image: dict = {}
@@ -135,7 +135,7 @@ class PartImageNet(LevelledDataset):
                 objects.append({"id": iid, "image_id": iid, "category_id": SUPER.index(sup),
                                                "bbox": [x0, y0, x1 - x0, y1 - y0]})
             items, summary = instance_items(path, objects, coco.imgs, image_file, {i: i for i in range(len(SUPER))},
-                                            point=False)
+                                            point=False, source=self.source)
         classes = [cats[i].get("name", f"part_{i}") for i in range(len(cats))] if point else SUPER
         return items, classes, {"release": "PartImageNet_OOD", **summary}, [path]
 

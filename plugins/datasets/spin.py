@@ -71,7 +71,8 @@ class Spin(LevelledDataset):
         images = self.folder("images", self.root() / "images") / split
         items, summary = instance_items(path, coco.dataset.get("annotations", []), coco.imgs,
                                         lambda im: images / f"{im['file_name']}.JPEG",
-                                        {c["id"]: i for i, c in enumerate(cats)}, point=self.level != "object")
+                                        {c["id"]: i for i, c in enumerate(cats)}, point=self.level != "object",
+                                        source=self.source)
         return items, [c["name"] for c in cats], summary, [path]
 
     def map_samples(self, split: str):
