@@ -314,11 +314,14 @@ class Dataset(_Plugin):
 
     #: split names this dataset offers
     splits: Sequence[str] = ("all",)
-    #: "object" or "part": what its labels name (None: neither or both). Two datasets with the same
-    #: ``hierarchy`` and different levels form an object/part pair (e.g. ADE20K-Object and ADE20K-Part),
-    #: which reports draw side by side (the paper's Fig. 7).
+    #: the level its labels name, e.g. "object" or "part" (None: neither or both); any name the dataset
+    #: chooses, the core gives it no meaning. Datasets of one ``hierarchy`` at different levels (e.g.
+    #: ADE20K-Object and ADE20K-Part) are drawn side by side by reports (the paper's Fig. 7).
     level: str | None = None
     hierarchy: str | None = None
+    #: every level of the dataset's family, coarse to fine (e.g. ("object", "part", "subpart")); carried in
+    #: results (``dataset_levels``) so reports can order levels. Empty: not declared.
+    levels: Sequence[str] = ()
 
     def prepare(self) -> None:
         """Optional one-off work before loading (e.g. generate synthetic files). Idempotent."""
@@ -331,6 +334,13 @@ class Dataset(_Plugin):
 
     def load(self, split: str) -> Samples:
         raise NotImplementedError
+
+    def serve(self, samples_type: type) -> "Dataset":
+        """The dataset as a task that reads ``samples_type`` (its ``Task.samples_type``) sees it. A dataset whose
+        one entry serves several kinds of task (part crops to retrieval and probes, label maps to segmentation)
+        returns a variant whose ``load`` gives that kind, the same object on every call; the default is the
+        dataset itself. The core asks this once per unit, before validating and running it."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -365,6 +375,9 @@ class Task(_Plugin):
 
     #: metric names shown in summary tables, in order
     headline: Sequence[str] = ()
+    #: the Samples class the task reads: Samples (labelled items: images, crops), SegSamples (label maps),
+    #: KeypointSamples (person boxes); passed to ``Dataset.serve``
+    samples_type: type = Samples
     #: True: ``run`` is called on every rank of a torchrun job and shares its work with ``ctx.shard`` /
     #: ``ctx.gather``; only rank 0's return value is kept. False: only rank 0 runs it.
     distributed: bool = False

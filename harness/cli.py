@@ -245,7 +245,7 @@ def cmd_ls_one(plugins, kind: str, name: str) -> int:
     doc = (cls.__doc__ or "").strip()
     if doc:
         print(textwrap.indent(doc, "  "))
-    extra = {"encoder": ("representations", "pretraining"), "dataset": ("splits", "level", "hierarchy"),
+    extra = {"encoder": ("representations", "pretraining"), "dataset": ("splits", "level", "levels", "hierarchy"),
              "task": ("headline",)}[kind]
     for attr in extra:
         value = getattr(cls, attr, None)

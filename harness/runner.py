@@ -246,7 +246,7 @@ def _finished_units(plan: Plan, out: Path, force: bool, engine: FeatureEngine, i
         except HarnessError as exc:
             log(f"{where}: {exc}")
             continue
-        inputs = _inputs(engine, plan.datasets[unit.dataset], prev["inputs"])
+        inputs = _inputs(engine, plan.dataset_of(unit), prev["inputs"])
         if _result_key(plan, unit, inputs) == prev["key"]:
             done[unit.id] = prev
         else:
@@ -288,8 +288,9 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
     groups: dict[tuple, dict] = {}
     errors: dict[str, str] = {}
     for u in units:
-        enc, ds, task = plan.encoders[u.encoder], plan.datasets[u.dataset], plan.tasks[u.task]
+        enc, task = plan.encoders[u.encoder], plan.tasks[u.task]
         try:
+            ds = plan.dataset_of(u)
             reqs = task.requests(enc, ds)
             for r in reqs:
                 base = engine.samples(ds, r.split)
@@ -297,7 +298,7 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
                 label, samples = engine.resolve(ds, source)
                 transform = r.transform(samples) if callable(r.transform) else r.transform
                 g = groups.setdefault((engine.fingerprint(samples), transform), {
-                    "source": source, "transform": transform, "encoders": {}, "units": {}})
+                    "source": source, "transform": transform, "dataset": ds, "encoders": {}, "units": {}})
                 reps = g["encoders"].setdefault(u.encoder, [])
                 reps.extend(rep for rep in r.reps if rep not in reps)
                 g["units"].setdefault(u.encoder, []).append(u.id)
@@ -306,7 +307,6 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
         except Exception as exc:  # noqa: BLE001 - the unit fails, others go on
             errors[u.id] = _error_text(exc)
     forwards: dict[str, int] = {}
-    ds = plan.datasets[units[0].dataset]
     for g in groups.values():
         names = list(g["encoders"])
         step = per_pass or len(names)
@@ -315,7 +315,7 @@ def _prefetch(plan: Plan, units: list[Unit], engine: FeatureEngine, per_pass: in
             while batch:
                 wanted = [(plan.encoders[n], g["encoders"][n]) for n in batch]
                 try:
-                    done = engine.extract(ds, g["source"], g["transform"], wanted, collective=True)
+                    done = engine.extract(g["dataset"], g["source"], g["transform"], wanted, collective=True)
                 except EncoderFailure as exc:
                     failed = next(n for n in batch if id(plan.encoders[n]) == exc.encoder_id)
                     for uid in g["units"][failed]:
@@ -343,7 +343,7 @@ def _error_text(exc: BaseException) -> str:
 
 def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwards: int, prefetch_error,
               log, resampler: "bootstrap.Resampler") -> dict | None:
-    enc, ds, task = plan.encoders[unit.encoder], plan.datasets[unit.dataset], plan.tasks[unit.task]
+    enc, ds, task = plan.encoders[unit.encoder], plan.dataset_of(unit), plan.tasks[unit.task]
     main = engine.dist.is_main
     if not (main or task.distributed):
         return None
@@ -357,7 +357,8 @@ def _run_unit(plan, unit: Unit, out: Path, engine: FeatureEngine, prefetch_forwa
               "status": "ok", "metrics": {}, "details": {}, "artifacts": [], "error": None, "warnings": [],
               "config": cfg, "identity": _identities(plan, unit), "core_version": CORE_VERSION,
               "plugins": _plugins_of(plan, unit, cfg), "encoder_pretraining": enc.pretraining,
-              "dataset_level": ds.level, "dataset_hierarchy": ds.hierarchy}
+              "dataset_level": ds.level, "dataset_levels": [str(v) for v in ds.levels],
+              "dataset_hierarchy": ds.hierarchy}
     t0 = time.perf_counter()
     intervals_s = 0.0
     try:

@@ -302,6 +302,10 @@ class Plan:
     def unit_reference(self, unit: Unit) -> dict:
         return self.reference.get(unit.task, {}).get(unit.dataset, {}).get(unit.encoder, {})
 
+    def dataset_of(self, unit: Unit):
+        """The unit's dataset as its task sees it (``Dataset.serve`` of the task's ``samples_type``)."""
+        return self.datasets[unit.dataset].serve(self.tasks[unit.task].samples_type)
+
     def unit_config(self, unit: Unit) -> dict:
         c = self.config
         return {"encoder": {"name": unit.encoder, **c["encoders"][unit.encoder]},
@@ -379,8 +383,9 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
             raise SpecError("\n".join(failed))
     checked: set = set()
     for u in units:
-        enc, ds, task = instances["encoders"][u.encoder], instances["datasets"][u.dataset], instances["tasks"][u.task]
+        enc, task = instances["encoders"][u.encoder], instances["tasks"][u.task]
         try:
+            ds = instances["datasets"][u.dataset].serve(task.samples_type)
             task.check(enc, ds)
         except (ValueError, HarnessError) as exc:  # HarnessError: e.g. a checkpoint read to check support
             raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
@@ -390,8 +395,8 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
         except (ValueError, HarnessError) as exc:
             raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
         splits |= {task.opts[k] for k in ("split", "train_split", "test_split") if isinstance(task.opts.get(k), str)}
-        for split in sorted(splits - {s for d, s in checked if d == u.dataset}):
-            checked.add((u.dataset, split))
+        for split in sorted(splits - {s for d, s in checked if d == id(ds)}):
+            checked.add((id(ds), split))
             try:
                 ds.check_split(split)
             except (ValueError, HarnessError) as exc:

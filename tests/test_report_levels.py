@@ -214,3 +214,29 @@ def test_a_report_plugin_must_subclass_report(tmp_path):
                                           "    register('bad', NotAReport)\n")
     with pytest.raises(HarnessError, match="report 'bad' must be a subclass of harness.Report"):
         Plugins(plugins_dirs=[folder], allow=["bad_report"])
+
+
+def test_levels_beyond_two_are_ordered_as_the_datasets_declare_them(tmp_path):
+    """SPIN-like results at three levels, declared coarse to fine and listed here fine to coarse: one group of
+    three, each level's difference to the supervised encoder; two-level groups keep their object/part keys."""
+    declared = ["object", "part", "subpart"]
+    rs = []
+    for enc, pre, vals in (("deit", "supervised", (60.0, 40.0, 30.0)), ("dino", "contrastive", (55.0, 42.0, 33.5))):
+        for lvl, v in reversed(list(zip(declared, vals))):
+            rs.append(dict(res("retr", f"spin_{lvl}", enc, v, lvl, "spin", pre, plugin="retrieval"),
+                           dataset_levels=declared))
+    (group,) = level_pairs(rs)
+    assert group["levels"] == declared and [group[lvl]["dataset"] for lvl in declared] == [
+        "spin_object", "spin_part", "spin_subpart"]
+    dino = group["rows"][1]
+    assert (dino["object_vs_baseline"], dino["part_vs_baseline"], dino["subpart_vs_baseline"]) == (-5.0, 2.0, 3.5)
+    md = report.render(rs)
+    assert "object vs part vs subpart: spin (spin_object / spin_part / spin_subpart)" in md and "subpart − deit" in md
+    written = report.write_report(tmp_path, rs)
+    assert written["levels_figure"].is_file()
+    # undeclared levels: object before part, other names in order of appearance after them
+    (pair,) = level_pairs(ade_results())
+    assert pair["levels"] == ["object", "part"]
+    odd = [dict(r, dataset_level={"object": "whole", "part": "piece"}[r["dataset_level"]]) for r in ade_results()
+           if r["dataset_hierarchy"] == "ade20k"]
+    assert level_pairs(odd)[0]["levels"] == ["whole", "piece"]

@@ -62,7 +62,7 @@ class ADE20KObject(_ADE):
     """ADE20K-Object: the paper authors' 59 object classes (ADEChallengeData2016 layout)."""
 
     num_classes = 59
-    level, hierarchy = "object", "ade20k"
+    level, hierarchy, levels = "object", "ade20k", ("object", "part")
 
 
 class ADE20KPart(_ADE):
@@ -70,7 +70,7 @@ class ADE20KPart(_ADE):
 
     folders = RELEASE_LAYOUT
     num_classes = 209
-    level, hierarchy = "part", "ade20k"
+    level, hierarchy, levels = "part", "ade20k", ("object", "part")
 
 
 @hookimpl

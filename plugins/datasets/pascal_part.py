@@ -21,7 +21,7 @@ class _Pascal(SegFolderDataset):
     """The pair's shared release layout (``img/``, ``ann/``) and official geometry."""
 
     defaults = {"scale": [3840, 480], "crop": [480, 480], "stride": [161, 161], "train_scale": [520, 520]}
-    hierarchy = "pascal"
+    hierarchy, levels = "pascal", ("object", "part")
 
 
 class PascalPart(_Pascal):

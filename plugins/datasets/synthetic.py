@@ -152,6 +152,8 @@ class SyntheticParts(Dataset):
 
     # the part crops and part masks are part-level, the object boxes and object masks object-level: the
     # report pairs them (Fig. 7) within this hierarchy
+    levels = ("object", "part")
+
     @property
     def hierarchy(self) -> str:  # type: ignore[override]
         return f"synthetic_{self._o('kind', 'birds')}"  # the birds and the objects are separate pairs

@@ -1,12 +1,17 @@
-"""Object- vs part-level comparison (the paper's Fig. 7), drawn for any run that has an object/part pair.
+"""Level against level (the paper's Fig. 7, object vs part), drawn for any run whose datasets of one family sit at
+two or more levels.
 
-A pair is two datasets of one ``hierarchy`` (e.g. ADE20K-Object and ADE20K-Part) at different ``level``s,
-evaluated by the same task plugin. Each encoder's headline metric on both is shown relative to the run's
-supervised encoder (``Encoder.pretraining == "supervised"``): the paper's finding is that self-supervised
-encoders lose to it on objects and close the gap, or win, on parts.
+A group is the datasets of one ``hierarchy`` (e.g. ADE20K-Object and ADE20K-Part; SPIN at object, part and
+subpart level) at different ``level``s, evaluated by the same task plugin. Each encoder's headline metric at
+every level is shown relative to the run's supervised encoder (``Encoder.pretraining == "supervised"``): the
+paper's finding is that self-supervised encoders lose to it on objects and close the gap, or win, on parts.
+Level names are the datasets' own; they are ordered coarse to fine as the datasets declare them
+(``Dataset.levels``, carried in results as ``dataset_levels``). Results that declare no order (written before
+datasets declared one) put "object" before "part", the two levels every older dataset used.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -16,11 +21,17 @@ from harness.api import error_bars, headline_value, hookimpl, paired_difference,
 from .grouped import GroupedReport
 
 BASELINE_PRETRAINING = "supervised"
+#: the order of results that carry no declared levels
+UNDECLARED_ORDER = ("object", "part")
+#: keys of a group and of its rows: a level of one of these names cannot be a key beside them
+RESERVED = frozenset({"task_plugin", "hierarchy", "metric", "levels", "baseline", "rows", "encoder", "pretraining"})
+#: bar colours by level position (the first two are the two-level chart's)
+COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 
 def _ok(results: list[dict]) -> list[dict]:
     return [r for r in results if r.get("status") == "ok" and r.get("metrics") and r.get("dataset_hierarchy")
-            and r.get("dataset_level") in ("object", "part")]
+            and isinstance(r.get("dataset_level"), str) and r["dataset_level"] not in RESERVED]
 
 
 def interval(r: dict, metric: str) -> list[float] | None:
@@ -33,47 +44,75 @@ def _metric(r: dict) -> str | None:
     return found[0] if found else None
 
 
+def level_order(results: list[dict]) -> list[str]:
+    """The levels of ``results`` coarse to fine: by the first declared ``dataset_levels`` that names a level,
+    then ``UNDECLARED_ORDER``, then first appearance."""
+    seen = list(OrderedDict.fromkeys(r["dataset_level"] for r in results))
+    declared = [list(r.get("dataset_levels") or ()) for r in results]
+
+    def key(level: str):
+        where = next((d.index(level) for d in declared if level in d), None)
+        if where is None and level in UNDECLARED_ORDER:
+            where = UNDECLARED_ORDER.index(level)
+        return (where is None, where if where is not None else 0, seen.index(level))
+
+    return sorted(seen, key=key)
+
+
+def _matched(cells: dict[str, list[tuple]]) -> list[dict[str, tuple]]:
+    """{level: (task, dataset)} of every group: all levels when each has one cell, else the cells that share a
+    task name (at the levels where that name appears, two at least)."""
+    if all(len(c) == 1 for c in cells.values()):
+        return [{lvl: c[0] for lvl, c in cells.items()}]
+    out = []
+    names = OrderedDict.fromkeys(cell[0] for c in cells.values() for cell in c)
+    for name in names:
+        per = {lvl: [cell for cell in c if cell[0] == name] for lvl, c in cells.items()}
+        per = {lvl: c for lvl, c in per.items() if c}
+        if len(per) >= 2:
+            out += [dict(zip(per, combo)) for combo in itertools.product(*per.values())]
+    return out
+
+
 def level_pairs(results: list[dict], out_dir=None) -> list[dict]:
-    """Every object/part pair of the results, with each encoder's values (and their 95 % bootstrap intervals)
-    and its difference to the supervised baseline (with its paired interval when ``out_dir``, the folder of the
-    per-item files, is given). A (task plugin, hierarchy) group pairs its object and part (task, dataset) cells
-    when there is one of each, or else the cells that share a task name."""
+    """Every group of levels in the results (a pair for object/part), with each encoder's values (and their 95 %
+    bootstrap intervals) and its differences to the supervised baseline (with their paired intervals when
+    ``out_dir``, the folder of the per-item files, is given). A (task plugin, hierarchy) group with two or more
+    levels takes its (task, dataset) cells of each level when there is one per level, or else the cells that
+    share a task name."""
     groups: "OrderedDict[tuple, list[dict]]" = OrderedDict()
     for r in _ok(results):
         groups.setdefault((r.get("task_plugin") or r["task"], r["dataset_hierarchy"]), []).append(r)
     pairs = []
     for (plugin, hierarchy), rs in groups.items():
+        levels = level_order(rs)
+        if len(levels) < 2:
+            continue
         cells = {lvl: list(OrderedDict.fromkeys((r["task"], r["dataset"]) for r in rs if r["dataset_level"] == lvl))
-                 for lvl in ("object", "part")}
-        if len(cells["object"]) == 1 and len(cells["part"]) == 1:
-            matched = [(cells["object"][0], cells["part"][0])]
-        else:
-            matched = [(o, p) for o in cells["object"] for p in cells["part"] if o[0] == p[0]]
-        for obj, part in matched:
-            by = {lvl: {r["encoder"]: r for r in rs if (r["task"], r["dataset"]) == cell}
-                  for lvl, cell in (("object", obj), ("part", part))}
-            encoders = [e for e in by["object"] if e in by["part"]]
-            metric = _metric(by["object"][encoders[0]]) if encoders else None
+                 for lvl in levels}
+        for match in _matched(cells):
+            names = [lvl for lvl in levels if lvl in match]
+            by = {lvl: {r["encoder"]: r for r in rs if (r["task"], r["dataset"]) == match[lvl]} for lvl in names}
+            encoders = [e for e in by[names[0]] if all(e in by[lvl] for lvl in names)]
+            metric = _metric(by[names[0]][encoders[0]]) if encoders else None
             if metric is None:
                 continue
-            base = next((e for e in encoders if by["object"][e].get("encoder_pretraining") == BASELINE_PRETRAINING),
+            base = next((e for e in encoders if by[names[0]][e].get("encoder_pretraining") == BASELINE_PRETRAINING),
                         None)
             rows = []
             for e in encoders:
-                o, p = (float(by[lvl][e]["metrics"].get(metric, math.nan)) for lvl in ("object", "part"))
-                row = {"encoder": e, "pretraining": by["object"][e].get("encoder_pretraining"),
-                       "object": o, "part": p, "object_ci95": interval(by["object"][e], metric),
-                       "part_ci95": interval(by["part"][e], metric)}
-                if base is not None:
-                    row["object_vs_baseline"] = o - float(by["object"][base]["metrics"].get(metric, math.nan))
-                    row["part_vs_baseline"] = p - float(by["part"][base]["metrics"].get(metric, math.nan))
-                    for lvl in ("object", "part"):
+                row = {"encoder": e, "pretraining": by[names[0]][e].get("encoder_pretraining")}
+                for lvl in names:
+                    row[lvl] = float(by[lvl][e]["metrics"].get(metric, math.nan))
+                    row[f"{lvl}_ci95"] = interval(by[lvl][e], metric)
+                    if base is not None:
+                        row[f"{lvl}_vs_baseline"] = row[lvl] - float(by[lvl][base]["metrics"].get(metric, math.nan))
                         found = None if out_dir is None else paired_difference(by[lvl][e], by[lvl][base], out_dir,
                                                                                metric=metric)
                         row[f"{lvl}_vs_baseline_ci95"] = found["ci95"] if found else None
                 rows.append(row)
-            pairs.append({"task_plugin": plugin, "hierarchy": hierarchy, "metric": metric,
-                          "object": {"task": obj[0], "dataset": obj[1]}, "part": {"task": part[0], "dataset": part[1]},
+            pairs.append({"task_plugin": plugin, "hierarchy": hierarchy, "metric": metric, "levels": names,
+                          **{lvl: {"task": match[lvl][0], "dataset": match[lvl][1]} for lvl in names},
                           "baseline": base, "rows": rows})
     return pairs
 
@@ -83,19 +122,18 @@ def level_markdown(pairs: list[dict], fmt: str = "github") -> str:
 
     parts = []
     for p in pairs:
-        base = p["baseline"]
-        title = (("## " if fmt == "github" else "") + f"object vs part: {p['hierarchy']} "
-                 f"({p['object']['dataset']} / {p['part']['dataset']}), {p['task_plugin']} {p['metric']}")
-        header = ["encoder", "pretraining", "object", "part"]
+        base, levels = p["baseline"], p["levels"]
+        title = (("## " if fmt == "github" else "") + f"{' vs '.join(levels)}: {p['hierarchy']} "
+                 f"({' / '.join(p[lvl]['dataset'] for lvl in levels)}), {p['task_plugin']} {p['metric']}")
+        header = ["encoder", "pretraining", *levels]
         if base:
-            header += [f"object − {base}", f"part − {base}"]
-        rows = [[r["encoder"], r["pretraining"] or "", with_interval(r["object"], r.get("object_ci95"), compact=True),
-                 with_interval(r["part"], r.get("part_ci95"), compact=True),
-                 *([with_interval(r["object_vs_baseline"], r.get("object_vs_baseline_ci95"), compact=True),
-                    with_interval(r["part_vs_baseline"], r.get("part_vs_baseline_ci95"), compact=True)] if base else [])]
-                for r in p["rows"]]
+            header += [f"{lvl} − {base}" for lvl in levels]
+        rows = [[r["encoder"], r["pretraining"] or "",
+                 *(with_interval(r[lvl], r.get(f"{lvl}_ci95"), compact=True) for lvl in levels),
+                 *([with_interval(r[f"{lvl}_vs_baseline"], r.get(f"{lvl}_vs_baseline_ci95"), compact=True)
+                    for lvl in levels] if base else [])] for r in p["rows"]]
         note = "" if base else "\n(no encoder of this run declares supervised pretraining: no baseline)\n"
-        if any(r.get("object_ci95") for r in p["rows"]):
+        if any(r.get(f"{lvl}_ci95") for r in p["rows"] for lvl in levels):
             note += ("\n± half-width of the 95 % bootstrap interval (differences: paired, the same resampled "
                      "items for both encoders)\n")
         parts += [title, "", tabulate(rows, headers=header, tablefmt=fmt, floatfmt=".2f"), note]
@@ -103,9 +141,9 @@ def level_markdown(pairs: list[dict], fmt: str = "github") -> str:
 
 
 def level_figure(pairs: list[dict], path: Path) -> Path | None:
-    """One panel per pair: for every encoder but the baseline, its object- and part-level difference to
-    the supervised baseline (the paper's Fig. 7). A run without a supervised encoder gets the absolute
-    object- and part-level values of every encoder instead, and the panel says so."""
+    """One panel per group: for every encoder but the baseline, its difference to the supervised baseline at
+    each level (the paper's Fig. 7; one bar per level, coarse to fine). A run without a supervised encoder gets
+    the absolute values of every encoder instead, and the panel says so."""
     drawn = [p for p in pairs if len(p["rows"]) > (1 if p["baseline"] else 0)]
     if not drawn:
         return None
@@ -121,17 +159,20 @@ def level_figure(pairs: list[dict], path: Path) -> Path | None:
     for ax in axes.flat[len(drawn):]:
         ax.set_visible(False)
     for ax, p in zip(axes.flat, drawn):
-        base = p["baseline"]
+        base, levels = p["baseline"], p["levels"]
         rows = [r for r in p["rows"] if r["encoder"] != base]
         key = "_vs_baseline" if base else ""
         xs = range(len(rows))
-        for offset, level, colour in ((-0.2, "object", "#4c72b0"), (0.2, "part", "#dd8452")):
+        bar = 0.8 / len(levels)  # two levels: bars of 0.4 at -0.2 and +0.2
+        for k, level in enumerate(levels):
+            offset = (k - (len(levels) - 1) / 2) * bar
             ys = [r[f"{level}{key}"] for r in rows]
-            ax.bar([x + offset for x in xs], ys, 0.4, color=colour, label=f"{level} ({p[level]['dataset']})",
+            ax.bar([x + offset for x in xs], ys, bar, color=COLOURS[k % len(COLOURS)],
+                   label=f"{level} ({p[level]['dataset']})",
                    yerr=error_bars(ys, [r.get(f"{level}{key}_ci95") for r in rows]), capsize=2,
                    error_kw={"elinewidth": 0.8})
         ax.axhline(0, color="black", linewidth=0.8)
-        if any(r.get("object_ci95") for r in rows):
+        if any(r.get(f"{lvl}_ci95") for r in rows for lvl in levels):
             ax.text(0.0, -0.32, "error bars: 95 % bootstrap intervals" + (" (paired differences)" if base else ""),
                     transform=ax.transAxes, fontsize=7, va="top")
         ax.set_xticks(list(xs), [r["encoder"] for r in rows], rotation=30, ha="right")
@@ -150,8 +191,8 @@ def level_figure(pairs: list[dict], path: Path) -> Path | None:
 
 
 class ObjectVsPart(GroupedReport):
-    """Object vs part relative to the supervised encoder (the paper's Fig. 7), for every object/part pair of
-    datasets in a run: a table, levels.json and levels.png."""
+    """Level against level relative to the supervised encoder (the paper's Fig. 7, object vs part), for every
+    group of datasets of one family at two or more levels in a run: a table, levels.json and levels.png."""
 
     stem = "levels"
 
