@@ -8,7 +8,7 @@ import numpy as np
 
 from harness.api import Option, hookimpl
 
-from ._common import image_size
+from ._common import ReadAtValidation, image_size
 from .coco import _LAYOUT, SET_OF_SPLIT, _CocoLayout
 from .coco_persons import read_persons
 from .keypoint_pairs import PAIR_OPTIONS, ImagePairSamples, draw_pairs, keypoint_pairs, need_pairs
@@ -55,7 +55,7 @@ def read_person_pairs(ann, img_dir, n_pairs: int, seed: int, min_keypoints: int,
                             [regions[i] for i in used], files=[ann])
 
 
-class CocoPersonPairs(_CocoLayout):
+class CocoPersonPairs(ReadAtValidation, _CocoLayout):
     """COCO person pairs with their 17 keypoints, each person cut to its padded box (keypoint correspondence)."""
 
     kind = "person_keypoints"
@@ -72,7 +72,7 @@ class CocoPersonPairs(_CocoLayout):
     def split_files(self, split: str):
         return super().split_files("test" if split == "val" else split)
 
-    def load(self, split: str):
+    def read(self, split: str):
         o = self.opts
         ann, img = self.split_files(split)
         samples = read_person_pairs(ann, img, o["pairs"], o["pair_seed"], o["min_keypoints"], o["padding"],

@@ -13,7 +13,7 @@ import numpy as np
 
 from harness.api import Dataset, HarnessError, Option, hookimpl
 
-from ._common import image_size, read_rows
+from ._common import ReadAtValidation, image_size, read_rows
 from .cub import part_locations, read_cub_tables
 from .keypoint_pairs import PAIR_OPTIONS, ImagePairSamples, draw_pairs, keypoint_pairs, need_pairs
 
@@ -60,8 +60,9 @@ def read_cub_pairs(root, split: str, n_pairs: int, seed: int, min_keypoints: int
                             [image_size(p) for p in paths], files=files)
 
 
-class CubPairs(Dataset):
-    """CUB-200-2011 image pairs of one species with their 15 part locations (keypoint correspondence)."""
+class CubPairs(ReadAtValidation, Dataset):
+    """CUB-200-2011 image pairs of one species with their 15 part locations (keypoint correspondence); the
+    split is read at validation."""
 
     splits = ("all", "train", "test")
     options = {
@@ -70,7 +71,7 @@ class CubPairs(Dataset):
         **PAIR_OPTIONS,
     }
 
-    def load(self, split: str):
+    def read(self, split: str):
         if split not in self.splits:
             raise HarnessError(f"dataset '{self.name}': unknown split '{split}' (expected one of {self.splits})")
         o = self.opts

@@ -24,7 +24,7 @@ import numpy as np
 
 from harness.api import Dataset, HarnessError, KeypointPair, Option, PairSamples, hookimpl
 
-from ._common import SourceCache, expand, need_dir, need_file, open_rgb
+from ._common import ReadAtValidation, SourceCache, expand, need_dir, need_file, open_rgb
 
 SPLITS = ("trn", "val", "test")
 
@@ -184,7 +184,7 @@ def read_spair(root, split: str, pairs_from: str = "layout", layout: str = "larg
     return SpairSamples(keys, labels, cats, summary, pairs, paths, sizes, files + paths)
 
 
-class Spair(Dataset):
+class Spair(ReadAtValidation, Dataset):
     """SPair-71k keypoint pairs (18 categories, viewpoint-variation levels) in the official layout."""
 
     splits = SPLITS
@@ -200,17 +200,7 @@ class Spair(Dataset):
         "seed": Option(int, 0, "seed of the pairs_per_category subset"),
     }
 
-    def __init__(self, name: str, **options):
-        super().__init__(name, **options)
-        self._checked: dict = {}  # split -> the samples check_split read, handed to the run's load
-
-    def check_split(self, split: str) -> None:
-        super().check_split(split)
-        self._checked[split] = self.load(split)
-
-    def load(self, split: str):
-        if split in self._checked:
-            return self._checked.pop(split)
+    def read(self, split: str):
         if split not in self.splits:
             raise HarnessError(f"dataset '{self.name}': unknown split '{split}' (expected one of {self.splits})")
         o = self.opts
