@@ -788,14 +788,19 @@ def _seg_split(root: Path, n: int, seed: int):
     return samples
 
 
-def _linear_seg(tmp: Path) -> dict[str, dict]:
+def _seg_context(tmp: Path, n_train: int, out: str):
+    """A FakeContext on two _seg_split splits (train: ``n_train`` images, val: 3) with ExactPatches(8)."""
     from harness.testing import FakeContext, StubDataset
 
-    train = _seg_split(tmp / "train", 6, 0)
+    train = _seg_split(tmp / "train", n_train, 0)
     val = _seg_split(tmp / "val", 3, 1)
-    out_dir = tmp / "seg"
+    out_dir = tmp / out
     out_dir.mkdir()
-    ctx = FakeContext(ExactPatches(8), StubDataset("seg", {"train": train, "val": val}), out_dir=out_dir)
+    return FakeContext(ExactPatches(8), StubDataset("seg", {"train": train, "val": val}), out_dir=out_dir), out_dir
+
+
+def _linear_seg(tmp: Path) -> dict[str, dict]:
+    ctx, out_dir = _seg_context(tmp, 6, "seg")
     opts = {"blocks": [0, 1], "iterations": 20, "batch_size": 4, "warmup": 2, "lr": 0.01, "lrs": [0.1]}
     res = task_case("linear_seg", opts, ctx)
     losses = {}
@@ -909,13 +914,7 @@ def _correspondence(tmp: Path) -> dict[str, dict]:
 
 
 def _in_context_seg(tmp: Path) -> dict[str, dict]:
-    from harness.testing import FakeContext, StubDataset
-
-    train = _seg_split(tmp / "train", 5, 0)
-    val = _seg_split(tmp / "val", 3, 1)
-    out_dir = tmp / "icl"
-    out_dir.mkdir()
-    ctx = FakeContext(ExactPatches(8), StubDataset("seg", {"train": train, "val": val}), out_dir=out_dir)
+    ctx, _ = _seg_context(tmp, 5, "icl")
     opts = {"input_size": 32, "memory_size": 100, "augmentation_epochs": 2, "k": 5, "batch_size": 4}
     res = task_case("in_context_seg", opts, ctx)
     return {"bank_100_k5": _task_result(res, "per_class", "memory_bank")}
