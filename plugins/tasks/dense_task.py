@@ -17,8 +17,8 @@ A unit runs in four steps, each a method a subclass may override:
 
 A subclass declares ``samples_type``, ``kind`` and ``item``, its options (``dense_options`` gives the shared
 ones) and implements ``make_view``, ``input_size``, ``decoder``, ``training``, ``curve_label`` and
-``report``. A task that trains nothing (e.g. matching features) overrides ``run`` and uses ``prepare`` and
-``DenseUnit.maps`` alone.
+``report``. A task that trains nothing (``correspondence``, ``in_context_seg``) overrides ``run`` and uses
+``prepare`` and ``DenseUnit.maps`` alone.
 """
 from __future__ import annotations
 

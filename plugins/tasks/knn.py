@@ -3,9 +3,10 @@ memory-bank search of ``in_context_seg``), and the optional faiss backend.
 
 Never a full query x bank matrix: queries are taken ``query_block`` rows at a time and the bank
 ``bank_block`` rows at a time; each block keeps its own top-k, merged into a running top-k. Inputs are
-L2-normalised here (a row of zeros stays zero: similarity 0 to everything). Ties keep the lower bank index,
-as ``torch.argmax`` / ``argmin`` do, so top-1 equals ``cdist(...).argmin`` wherever their values tie
-exactly.
+L2-normalised here (a row of zeros stays zero: similarity 0 to everything). A top-1 tie keeps the lower bank
+index, as ``torch.argmax`` / ``argmin`` do, so top-1 equals ``cdist(...).argmin`` wherever their values tie
+exactly; k > 1 neighbours come ordered by similarity, then index (which of several candidates tied for the
+last place gets in is ``torch.topk``'s choice).
 """
 from __future__ import annotations
 
@@ -34,8 +35,11 @@ def _block_topk(sims: torch.Tensor, k: int):
     if k == 1:  # argmax returns the first maximum: the lowest index of a tie
         s, i = sims.max(dim=1, keepdim=True)
         return s, i
-    s, i = torch.sort(sims, dim=1, descending=True, stable=True)
-    return s[:, :k], i[:, :k]
+    s, i = sims.topk(k, dim=1)
+    by_index = torch.sort(i, dim=1, stable=True).indices  # equal values in index order (topk leaves it open)
+    s, i = s.gather(1, by_index), i.gather(1, by_index)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    return s.gather(1, order), i.gather(1, order)
 
 
 @torch.no_grad()
