@@ -28,7 +28,7 @@ from harness.api import HarnessError, Option, PairSamples, hookimpl
 from .correspondence_figure import draw_pairs
 from .correspondence_metrics import CONVENTIONS, correct_within, metric_name, pck, per_category
 from .dense import DerivedSamples
-from .dense_task import DenseHeadTask
+from .dense_task import DenseHeadTask, check_token_map
 from .knn import normalise, topk_cosine
 
 
@@ -36,12 +36,6 @@ def _check_alpha(v):
     if not v or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a <= 1 for a in v):
         return "expected a non-empty list of thresholds in (0, 1], e.g. [0.1] or [0.05, 0.1, 0.15]"
     return None
-
-
-def _check_rep(v):
-    if v == "tokens" or (v.startswith("block.") and v[6:].isdigit()):
-        return None
-    return "expected 'tokens' or 'block.<i>'"
 
 
 def resized_size(w: int, h: int, longer: int) -> tuple[int, int]:
@@ -102,7 +96,7 @@ class Correspondence(DenseHeadTask):
     options = {
         "split": Option(str, "test", "split whose pairs are evaluated"),
         "representation": Option(str, "tokens", "token map matched: 'tokens' (after the final norm) or "
-                                 "'block.<i>' (raw output of block i)", check=_check_rep),
+                                 "'block.<i>' (raw output of block i)", check=check_token_map),
         "input_size": Option(int, 448, "longer side of every image after resizing (aspect kept, padded to a "
                              "square; a multiple of the patch size): the feature resolution",
                              check=lambda v: None if v > 0 else "must be > 0"),

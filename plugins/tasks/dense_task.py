@@ -40,6 +40,11 @@ def _positive(v):
     return None if v > 0 else "must be > 0"
 
 
+def check_token_map(v) -> str | None:
+    """Option check of a token-map representation: 'tokens' or 'block.<i>'."""
+    return None if v == "tokens" or (v.startswith("block.") and v[6:].isdigit()) else "expected 'tokens' or 'block.<i>'"
+
+
 def dense_options(item: str, *, lr: float, batch_size: int, weight_decay: float, warmup: int, test_split: str,
                   notes: dict[str, str] | None = None) -> dict[str, Option]:
     """The options every dense head task has, with the defaults of its protocol; ``notes`` adds a remark to

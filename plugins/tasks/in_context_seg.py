@@ -23,16 +23,12 @@ from harness.api import HarnessError, Option, SegSamples, hookimpl
 
 from . import hummingbird as hb
 from .dense import DerivedSamples, tokens_to_maps
-from .dense_task import DenseHeadTask
+from .dense_task import DenseHeadTask, check_token_map
 from .knn import faiss_topk, normalise, topk_cosine
 
 
 def _positive(v):
     return None if v is None or v > 0 else "must be > 0"
-
-
-def _check_rep(v):
-    return None if v == "tokens" or (v.startswith("block.") and v[6:].isdigit()) else "expected 'tokens' or 'block.<i>'"
 
 
 def _image_sizes(samples: SegSamples) -> list[tuple[int, int]]:
@@ -53,7 +49,7 @@ class InContextSeg(DenseHeadTask):
         "train_split": Option(str, "train", "split whose images fill the memory bank"),
         "test_split": Option(str, "val", "split to evaluate on"),
         "representation": Option(str, "tokens", "token map used: 'tokens' (after the final norm) or 'block.<i>'",
-                                 check=_check_rep),
+                                 check=check_token_map),
         "input_size": Option(int, None, "side of the square views (default: 512 rounded down to a multiple of "
                              "the patch size, 504 for patch 14, as the reference)", nullable=True, check=_positive),
         "memory_size": Option(int, 102400, "patches in the memory bank (reference: 1024 x 10^2, 10^3, 10^4)",
