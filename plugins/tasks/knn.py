@@ -44,7 +44,7 @@ def _block_topk(sims: torch.Tensor, k: int):
 
 @torch.no_grad()
 def topk_cosine(query: torch.Tensor, bank: torch.Tensor, k: int, *, normalised: bool = False,
-                query_block: int = 4096, bank_block: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+                query_block: int = 4096, bank_block: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarities [Q, k], bank indices [Q, k]) of the k most cosine-similar bank rows of every query row,
     best first. ``normalised``: the inputs are already unit rows (skips normalising them again)."""
     if k < 1 or k > bank.shape[0]:
