@@ -1,4 +1,4 @@
-"""Everything a plugin may use: Option, Encoder, Dataset, Samples (+ SegSamples, KeypointSamples), Task,
+"""Everything a plugin may use: Option, Encoder, Dataset, Samples (+ SegSamples, KeypointSamples, PairSamples), Task,
 FeatureRequest and TaskContext (what ``Task.run`` receives).
 
 A plugin subclasses one of Encoder/Dataset/Task, declares its ``options`` and registers the class
@@ -309,6 +309,55 @@ class KeypointSamples(Samples):
         return 1.0
 
 
+@dataclass(frozen=True)
+class KeypointPair:
+    """One source/target pair of images of a category with matching keypoints (a ``PairSamples`` entry).
+
+    ``source``, ``target``: item indices of the split's images; ``source_kps``, ``target_kps``: float [N, 2]
+    (x, y) in the pixels of ``image(source)`` / ``image(target)`` (row n of one matches row n of the other;
+    only keypoints annotated in both); ``target_bbox``: (x1, y1, x2, y2) of the target object, whose
+    max(h, w) scales the PCK threshold; ``category``: index into ``classes``; ``kp_ids``: the dataset's
+    keypoint ids of the rows; ``viewpoint``: SPair's viewpoint-variation level 0/1/2 (None elsewhere);
+    ``name``: the pair's name in its dataset."""
+
+    source: int
+    target: int
+    source_kps: np.ndarray
+    target_kps: np.ndarray
+    target_bbox: tuple
+    category: int
+    kp_ids: tuple = ()
+    viewpoint: int | None = None
+    name: str = ""
+
+
+class PairSamples(Samples):
+    """Images for keypoint correspondence: the items are the split's distinct images (``labels`` = category
+    index into ``classes``; ``image(i)`` the PIL RGB image, keypoints are in its pixels), ``pairs`` the
+    ``KeypointPair`` list evaluated on them. The fingerprint covers the pairs, so a changed annotation never
+    reuses a result."""
+
+    def __init__(self, keys, labels, classes, summary, pairs: Sequence[KeypointPair], files: Iterable = ()):
+        super().__init__(keys, labels, classes, summary, files)
+        self.pairs = list(pairs)
+        for p in self.pairs:
+            if not (0 <= p.source < len(self.keys) and 0 <= p.target < len(self.keys)):
+                raise ValueError(f"pair {p.name!r} refers to an image outside the split")
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(width, height) of ``image(i)``; datasets that know it without decoding override this."""
+        return self.image(i).size
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(super().fingerprint().encode())
+        for p in self.pairs:
+            h.update(f"{p.name}\t{p.source}\t{p.target}\t{p.category}\t{p.viewpoint}\t{p.kp_ids}\t"
+                     f"{tuple(float(v) for v in p.target_bbox)}\n".encode())
+            for a in (p.source_kps, p.target_kps):
+                h.update(np.ascontiguousarray(np.asarray(a, dtype="<f8")).tobytes())
+        return h.hexdigest()
+
+
 class Dataset(_Plugin):
     """A dataset family reader. ``load(split)`` returns a Samples."""
 
@@ -546,8 +595,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'harness.api' has no attribute '{name}'")
 
 
-__all__ = ["available_cores", "default_threads", "CORE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "REQUIRED", "Dataset", "DiskFullError", "Encoder",
-           "FeatureRequest", "HarnessError", "KeypointSamples", "Option", "Registration", "Report", "RESULT_SCHEMA",
+__all__ = ["available_cores", "default_threads", "CORE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "REQUIRED",
+           "Dataset", "DiskFullError", "Encoder", "FeatureRequest", "HarnessError", "KeypointPair", "KeypointSamples",
+           "Option", "PairSamples", "Registration", "Report", "RESULT_SCHEMA",
            "Samples", "SegSamples", "SpecError", "Task", "TaskContext", "did_you_mean", "dumps", "ensure_mmseg",
            "file_sha256", "headline_value", "hookimpl", "import_timm", "import_transformers", "jsonable",
            "load_results", "progress", "read_result", "transforms", "write_json_atomic", "write_text_atomic",

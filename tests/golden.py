@@ -803,14 +803,19 @@ def _seg_split(root: Path, n: int, seed: int):
     return samples
 
 
-def _linear_seg(tmp: Path) -> dict[str, dict]:
+def _seg_context(tmp: Path, n_train: int, out: str):
+    """A FakeContext on two _seg_split splits (train: ``n_train`` images, val: 3) with ExactPatches(8)."""
     from harness.testing import FakeContext, StubDataset
 
-    train = _seg_split(tmp / "train", 6, 0)
+    train = _seg_split(tmp / "train", n_train, 0)
     val = _seg_split(tmp / "val", 3, 1)
-    out_dir = tmp / "seg"
+    out_dir = tmp / out
     out_dir.mkdir()
-    ctx = FakeContext(ExactPatches(8), StubDataset("seg", {"train": train, "val": val}), out_dir=out_dir)
+    return FakeContext(ExactPatches(8), StubDataset("seg", {"train": train, "val": val}), out_dir=out_dir), out_dir
+
+
+def _linear_seg(tmp: Path) -> dict[str, dict]:
+    ctx, out_dir = _seg_context(tmp, 6, "seg")
     opts = {"blocks": [0, 1], "iterations": 20, "batch_size": 4, "warmup": 2, "lr": 0.01, "lrs": [0.1]}
     res = task_case("linear_seg", opts, ctx)
     losses = {}
@@ -904,6 +909,32 @@ def _linear_pose(tmp: Path) -> dict[str, dict]:
     return {"crops_64x48_12_epochs": _task_result(res, "per_lr", "final_loss", "iterations", extra=extra)}
 
 
+def _correspondence(tmp: Path) -> dict[str, dict]:
+    """The SPair-layout fixture of tests/_pair_files.py (answer known by construction) with its colour
+    encoder, on the patch cells and on cells upsampled x2."""
+    from _pair_files import colour_encoder, write_spair
+    from harness.testing import FakeContext, StubDataset
+    from partbench_plugins.datasets.spair import read_spair
+
+    samples = read_spair(write_spair(tmp / "SPair-71k"), "test")
+    out = {}
+    for upsample in (1, 2):
+        out_dir = tmp / f"corr{upsample}"
+        out_dir.mkdir()
+        ctx = FakeContext(colour_encoder(), StubDataset("spair", {"test": samples}), out_dir=out_dir)
+        res = task_case("correspondence", {"input_size": 128, "upsample": upsample, "alpha": [0.05, 0.1],
+                                           "figure_pairs": 0}, ctx)
+        out[f"spair_fixture_upsample_{upsample}"] = _task_result(res, "per_alpha")
+    return out
+
+
+def _in_context_seg(tmp: Path) -> dict[str, dict]:
+    ctx, _ = _seg_context(tmp, 5, "icl")
+    opts = {"input_size": 32, "memory_size": 100, "augmentation_epochs": 2, "k": 5, "batch_size": 4}
+    res = task_case("in_context_seg", opts, ctx)
+    return {"bank_100_k5": _task_result(res, "per_class", "memory_bank")}
+
+
 TASK_CASES: dict[str, Callable[[Path], dict[str, dict]]] = {
     "retrieval": _retrieval,
     "gallery": _gallery,
@@ -911,6 +942,8 @@ TASK_CASES: dict[str, Callable[[Path], dict[str, dict]]] = {
     "attentive_probe": _attentive_probe,
     "linear_seg": _linear_seg,
     "linear_pose": _linear_pose,
+    "correspondence": _correspondence,
+    "in_context_seg": _in_context_seg,
 }
 CASES = {"encoder": ENCODER_CASES, "task": TASK_CASES}
 

@@ -73,7 +73,7 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
             jsonschema.validate(data, RESULT_SCHEMA)
     assert {r["task"] for r in first} == {"part_retrieval", "part_linear", "part_attentive", "part_gallery", "seg",
                                            "pose", "tiny_retrieval", "tiny_retrieval_projected", "tiny_linear",
-                                           "tiny_attentive", "tiny_seg"}
+                                           "tiny_attentive", "tiny_seg", "correspondence", "in_context"}
     assert first.forwards > 0
     retrieval = {(r["dataset"], r["encoder"]): r["metrics"]["AP"] for r in first if r["task"] == "part_retrieval"}
     assert len(retrieval) == 4
@@ -109,6 +109,12 @@ def test_demo_runs_and_resumes_with_zero_forwards(tmp_path):
     assert [(g["encoder"], g["level"], list(g["values"])) for g in groups] == [
         ("tiny_contrastive", "object", ["cls", "projected"]), ("tiny_contrastive", "part", ["cls", "projected"])]
     assert (tmp_path / "out/representations.png").is_file()
+    # the training-free units: PCK under the three named conventions with a figure, in-context mIoU, per-item data
+    (corr,) = [r for r in first if r["task"] == "correspondence"]
+    assert corr["headline"][0] == "PCK@0.1_category" and {"PCK@0.1_point", "PCK@0.1_image"} <= set(corr["metrics"])
+    assert (tmp_path / "out/artifacts/correspondence__synthetic_cub_pairs__random_vit/correspondence.png").is_file()
+    (icl,) = [r for r in first if r["task"] == "in_context"]
+    assert 0 < icl["metrics"]["mIoU"] < 100 and icl["per_item"]["arrays"]
     (pose,) = [r for r in first if r["task"] == "pose"]
     assert {"AP", "AP50", "AR", "AR50"} <= set(pose["metrics"])
     # every headline number of every task but the gallery has a bootstrap interval: the runner's identity check

@@ -140,3 +140,20 @@ def distinct_ids_check(what: str):
 
 def positive(v) -> str | None:
     return None if v is None or v > 0 else "must be > 0"
+
+
+class ReadAtValidation:
+    """Mixin for a Dataset whose ``check_split`` reads the whole split (every error found at validation); the
+    read is kept for the run's next ``load`` of the split, so a run parses the files once. Subclasses
+    implement ``read(split)``."""
+
+    def check_split(self, split: str) -> None:
+        super().check_split(split)
+        self.__dict__.setdefault("_read_at_validation", {})[split] = self.read(split)
+
+    def load(self, split: str):
+        kept = self.__dict__.setdefault("_read_at_validation", {})
+        return kept.pop(split) if split in kept else self.read(split)
+
+    def read(self, split: str):
+        raise NotImplementedError

@@ -32,9 +32,9 @@ DEFAULT_KEYPOINTS = [11, 12, 9, 14]  # right eye, right leg, left wing, tail (1-
 _check_ids = distinct_ids_check("part ids (1-based, as in parts/parts.txt)")
 
 
-def read_cub_parts(root, keypoints, split: str = "all", check_images: bool = True):
-    """Parse a CUB tree into crop items. Returns (items, classes, summary) where items is a list of
-    (key, label, image path, box)."""
+def read_cub_tables(root, split: str):
+    """The CUB tables every reader needs: (root, part names by id, image paths by id relative to images/,
+    the ids of the split's images)."""
     root = expand(root)
     need_dir(root, "CUB_200_2011 root")
     parts_file = root / "parts" / "parts.txt"
@@ -43,13 +43,6 @@ def read_cub_parts(root, keypoints, split: str = "all", check_images: bool = Tru
         if pid in part_names:
             raise HarnessError(f"{parts_file}:{lineno}: duplicate part id {pid}")
         part_names[pid] = name
-    for pid in keypoints:
-        if pid not in part_names:
-            raise HarnessError(f"{parts_file}: keypoint id {pid} is not listed (ids: "
-                               f"{', '.join(map(str, sorted(part_names)))})")
-    label_of = {pid: i for i, pid in enumerate(keypoints)}
-    classes = [part_names[pid] for pid in keypoints]
-
     images_file = root / "images.txt"
     images = {}
     for lineno, (iid, rel) in read_rows(images_file, [int, str]):
@@ -72,17 +65,37 @@ def read_cub_parts(root, keypoints, split: str = "all", check_images: bool = Tru
             raise HarnessError(f"{split_file}: image id {missing[0]} of images.txt has no split entry")
         want = 1 if split == "train" else 0
         selected = {i for i, f in is_train.items() if f == want}
+    return root, part_names, images, selected
 
+
+def part_locations(root, images: dict, part_names: dict):
+    """(image id, part id, x, y, visible) of every row of parts/part_locs.txt, checked."""
     locs_file = root / "parts" / "part_locs.txt"
-    counts = Counter()
-    per_image: dict[int, list] = {}
     for lineno, (iid, pid, x, y, vis) in read_rows(locs_file, [int, int, float, float, int]):
         if iid not in images:
-            raise HarnessError(f"{locs_file}:{lineno}: image id {iid} is not in {images_file}")
+            raise HarnessError(f"{locs_file}:{lineno}: image id {iid} is not in {root / 'images.txt'}")
         if pid not in part_names:
-            raise HarnessError(f"{locs_file}:{lineno}: part id {pid} is not in {parts_file}")
+            raise HarnessError(f"{locs_file}:{lineno}: part id {pid} is not in {root / 'parts' / 'parts.txt'}")
         if vis not in (0, 1):
             raise HarnessError(f"{locs_file}:{lineno}: visible must be 0 or 1, got {vis}")
+        yield iid, pid, x, y, vis
+
+
+def read_cub_parts(root, keypoints, split: str = "all", check_images: bool = True):
+    """Parse a CUB tree into crop items. Returns (items, classes, summary) where items is a list of
+    (key, label, image path, box)."""
+    root, part_names, images, selected = read_cub_tables(root, split)
+    parts_file = root / "parts" / "parts.txt"
+    for pid in keypoints:
+        if pid not in part_names:
+            raise HarnessError(f"{parts_file}: keypoint id {pid} is not listed (ids: "
+                               f"{', '.join(map(str, sorted(part_names)))})")
+    label_of = {pid: i for i, pid in enumerate(keypoints)}
+    classes = [part_names[pid] for pid in keypoints]
+
+    counts = Counter()
+    per_image: dict[int, list] = {}
+    for iid, pid, x, y, vis in part_locations(root, images, part_names):
         if iid not in selected or pid not in label_of:
             continue
         counts["annotated"] += 1

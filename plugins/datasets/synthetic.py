@@ -28,6 +28,7 @@ from . import coco as coco_mod
 from . import cub as cub_mod
 from ._common import expand, positive
 from .coco_persons import read_persons
+from .cub_pairs import read_cub_pairs
 from .label_maps import check_label_maps
 from .part_crops import crop_samples
 from .seg_folders import folder_samples
@@ -117,7 +118,9 @@ def read_objects(coco_root: Path, split: str):
     return items, classes, summary, files
 
 
-FORMATS = ["cub", "coco", "coco_objects", "objects", "keypoints", *SEG_FORMATS]
+FORMATS = ["cub", "coco", "coco_objects", "objects", "keypoints", "cub_pairs", *SEG_FORMATS]
+#: format cub_pairs: the pairs drawn from the generated CUB files (the cub_pairs reader's count and seed)
+SYNTHETIC_PAIRS, SYNTHETIC_PAIR_SEED = 100, 0
 PART_FORMATS = ("cub", "coco")
 
 
@@ -142,7 +145,8 @@ class SyntheticParts(Dataset):
                          "crops (coco_objects = instances boxes with the coco_objects square rule; objects = "
                          "every object, all = train+val), or segmentation maps (seg_parts, seg_objects: "
                          "mmseg img_dir/ann_dir, splits train/val), or keypoints (one box per object with its "
-                         "COCO-format keypoints, for pose)", choices=FORMATS),
+                         "COCO-format keypoints, for pose), or cub_pairs (100 image pairs of one species with "
+                         "their keypoints, for correspondence)", choices=FORMATS),
         "keypoints": Option(list, None, "formats cub/coco: keypoint ids in the chosen format (default: birds "
                             "CUB 11,12,9,14 / COCO 1,11,16; objects 2,3,4,5 = disc, ring, bar, tee)",
                             nullable=True, check=lambda v: None if v is None else cub_mod._check_ids(v)),
@@ -161,7 +165,7 @@ class SyntheticParts(Dataset):
     @property
     def level(self) -> str | None:  # type: ignore[override]
         fmt = self.opts.get("format")
-        if fmt == "keypoints":  # whole-object poses: neither level
+        if fmt in ("keypoints", "cub_pairs"):  # whole-object poses, image pairs: neither level
             return None
         return "object" if fmt in ("coco_objects", "objects", "seg_objects") else "part"
 
@@ -215,6 +219,11 @@ class SyntheticParts(Dataset):
         if fmt == "keypoints":  # top-down pose: one box per object with its COCO-format keypoints
             samples = read_persons(*coco_mod.locate(root / "coco", None, None, "person_keypoints", split))
             samples.summary.update(split=split, format=fmt, root=str(root))
+            return samples
+        if fmt == "cub_pairs":  # correspondence: pairs of one species' images with their keypoints
+            samples = read_cub_pairs(root / "CUB_200_2011", split, SYNTHETIC_PAIRS, SYNTHETIC_PAIR_SEED)
+            samples.summary.update(format=fmt, root=str(root))
+            samples.files.append(str(root / MARKER))
             return samples
         if fmt == "cub":
             err = cub_mod._check_ids(kps) if kps is not None else None

@@ -17,8 +17,8 @@ A unit runs in four steps, each a method a subclass may override:
 
 A subclass declares ``samples_type``, ``kind`` and ``item``, its options (``dense_options`` gives the shared
 ones) and implements ``make_view``, ``input_size``, ``decoder``, ``training``, ``curve_label`` and
-``report``. A task that trains nothing (e.g. matching features) overrides ``run`` and uses ``prepare`` and
-``DenseUnit.maps`` alone.
+``report``. A task that trains nothing (``correspondence``, ``in_context_seg``) overrides ``run`` and uses
+``prepare`` and ``DenseUnit.maps`` alone.
 """
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ from .head_bank import Factory, HeadBank, check_lrs, learning_rates
 
 def _positive(v):
     return None if v > 0 else "must be > 0"
+
+
+def check_token_map(v) -> str | None:
+    """Option check of a token-map representation: 'tokens' or 'block.<i>'."""
+    return None if v == "tokens" or (v.startswith("block.") and v[6:].isdigit()) else "expected 'tokens' or 'block.<i>'"
 
 
 def dense_options(item: str, *, lr: float, batch_size: int, weight_decay: float, warmup: int, test_split: str,
@@ -196,6 +201,11 @@ class DenseHeadTask(Task):
     def make_view(self, samples: Samples, split: str, flip: bool) -> DerivedSamples:
         raise NotImplementedError
 
+    def make_role_view(self, role: str, samples: Samples, split: str, flip: bool) -> DerivedSamples:
+        """The view of ``role`` ("train", "test"); a task whose roles differ beyond their split and flip (e.g.
+        augmented training views) overrides this instead of ``make_view``."""
+        return self.make_view(samples, split, flip)
+
     def input_size(self, samples: Samples) -> tuple[int, int]:
         """[h, w] of the view's items (encoded padded to it)."""
         raise NotImplementedError
@@ -225,6 +235,14 @@ class DenseHeadTask(Task):
         """(role, split, flip) of every view the task reads."""
         return [("train", self.opts["train_split"], self.train_flip), ("test", self.opts["test_split"], self.test_flip)]
 
+    def view_key(self) -> tuple:
+        """What else a view depends on (e.g. an input size that depends on the encoder), beside its split."""
+        return ()
+
+    def split_option(self, role: str) -> str:
+        """The option that names the split of ``role``."""
+        return f"{role}_split"
+
     def check(self, encoder, dataset) -> None:
         for r in self.reps():
             if not encoder.supports(r):
@@ -234,10 +252,10 @@ class DenseHeadTask(Task):
                                  "set the task option 'blocks' ([] for final-norm tokens)")
         if not encoder.patch_size:
             raise ValueError(f"encoder '{encoder.name}' does not declare its patch size (dense maps need it)")
-        for key in ("train_split", "test_split"):
-            if self.opts[key] not in dataset.splits:
-                raise ValueError(f"dataset '{dataset.name}' has no split '{self.opts[key]}' "
-                                 f"(it has: {', '.join(dataset.splits)}); set the task option {key}")
+        for role, split, _ in self.view_splits():
+            if split not in dataset.splits:
+                raise ValueError(f"dataset '{dataset.name}' has no split '{split}' "
+                                 f"(it has: {', '.join(dataset.splits)}); set the task option {self.split_option(role)}")
 
     def checked(self, samples: Samples, split: str, dataset_name: str) -> Samples:
         if not isinstance(samples, self.samples_type):
@@ -245,12 +263,13 @@ class DenseHeadTask(Task):
                                f"(its load() returned {type(samples).__name__}, not {self.samples_type.__name__})")
         return samples
 
-    def view(self, samples: Samples, split: str, flip: bool, dataset_name: str) -> DerivedSamples:
+    def view(self, samples: Samples, split: str, flip: bool, dataset_name: str, role: str = "") -> DerivedSamples:
         """The view of a split, built once (the runner's prefetch and every unit of the task share it)."""
-        key = (id(samples), split, flip)
+        key = (id(samples), role, split, flip, *self.view_key())
         hit = self._views.get(key)
         if hit is None or hit[0] is not samples:
-            hit = self._views[key] = (samples, self.make_view(self.checked(samples, split, dataset_name), split, flip))
+            view = self.make_role_view(role, self.checked(samples, split, dataset_name), split, flip)
+            hit = self._views[key] = (samples, view)
         return hit[1]
 
     def requests(self, encoder, dataset) -> list[FeatureRequest]:
@@ -261,15 +280,27 @@ class DenseHeadTask(Task):
 
         def make_view(role, split, flip, last):
             def make(samples):
-                v = self.view(samples, split, flip, dataset.name)
+                self.bind(encoder)
+                v = self.view(samples, split, flip, dataset.name, role)
                 counts[role] = len(v)
                 if last:  # refuse a too big cache before anything is extracted
                     self.choose_mode(encoder, sum(counts.values()), self.input_size(samples))
                 return v
             return make
 
-        return [FeatureRequest(split, tuple(self.reps()), self._transform, make_view(role, split, flip, k == len(specs) - 1))
+        return [FeatureRequest(split, tuple(self.reps()), self.request_transform(encoder),
+                               make_view(role, split, flip, k == len(specs) - 1))
                 for k, (role, split, flip) in enumerate(specs)]
+
+    def bind(self, encoder) -> None:
+        """Called before a view is built for ``encoder`` (a task whose views depend on the encoder, e.g. on
+        its patch size, records what they need; the runner asks every encoder's requests before it builds
+        any view)."""
+
+    def request_transform(self, encoder):
+        """The transform of ``encoder``'s requests: a name, or a function of the view (the default: padding
+        to ``input_size``)."""
+        return self._transform
 
     def _transform(self, view: DerivedSamples) -> str:
         h, w = self.input_size(view.base)
@@ -307,15 +338,16 @@ class DenseHeadTask(Task):
         samples, views = {}, {}
         for role, split, flip in self.view_splits():
             samples[role] = self.checked(ctx.samples(split), split, ctx.dataset.name)
-            views[role] = self.view(samples[role], split, flip, ctx.dataset.name)
-        h, w = size = tuple(self.input_size(samples["train"]))
+            views[role] = self.view(samples[role], split, flip, ctx.dataset.name, role)
+        h, w = size = tuple(self.input_size(next(iter(samples.values()))))
         p = int(enc.patch_size)
         if h % p or w % p:
             raise HarnessError(f"{self.name}: {self.item} size {h}x{w} is not a multiple of encoder "
                                f"'{enc.name}''s patch size {p}")
         mode, need = self.choose_mode(enc, sum(len(v) for v in views.values()), size)
         unit = DenseUnit(ctx, samples, views, self.reps(), size, (h // p, w // p), int(enc.prefix_tokens), mode, need)
-        ctx.log(f"    {self.name}: {len(views['train'])} training and {len(views['test'])} test {self.item}s of "
+        counts = " and ".join(f"{len(v)} {'training' if role == 'train' else role}" for role, v in views.items())
+        ctx.log(f"    {self.name}: {counts} {self.item}s of "
                 f"{h}x{w}; {self.item} cache {'of unknown size' if need is None else f'{need:.2f} GB'}; mode {mode}")
         return unit
 
