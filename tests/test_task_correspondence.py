@@ -5,6 +5,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from harness.testing import check_resample
+from partbench_plugins.tasks.correspondence_metrics import pck
 import torch
 
 from _pair_files import EXPECTED, EXPECTED_VP, PAIRS, colour_encoder, write_spair
@@ -56,6 +58,15 @@ def test_spair_fixture_exact_pck_under_every_convention(tmp_path, upsample):
     assert per["points"].tolist() == [4, 2, 5] and per["correct@0.1"].tolist() == [3, 2, 2]
     assert per["viewpoint"].tolist() == [0, 1, 2]
     assert (tmp_path / "out" / "correspondence.png").stat().st_size > 1000
+    # the bootstrap statistic reproduces every convention's number on the identity resample ...
+    check_resample(task, res, metrics=[k for k in m if "_vp" not in k])
+    # ... and on an explicit resample (pair 0 twice, pair 2 once) equals pck on the materialised pairs
+    counts = np.array([[2, 0, 1]], np.int32)
+    got = task.resample(per, counts)
+    idx = [0, 0, 2]
+    want = pck(per["points"][idx], per["correct@0.1"][idx], per["category"][idx])
+    for conv, v in want.items():
+        assert got[f"PCK@0.1_{conv}"][0] == round(v, 4), conv
 
 
 @pytest.mark.parametrize("convention", ["point", "image"])

@@ -2,6 +2,7 @@
 answer is known, cache vs stream, the faiss backend's error, and the augmentation's crop rule."""
 import numpy as np
 import pytest
+from harness.testing import check_resample
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -98,6 +99,11 @@ def test_matches_an_explicit_reference_on_tiny_inputs(tmp_path):
     want = 100 * np.mean([a / b for a, b in zip(tot_i, tot_u) if b > 0])
     assert res["metrics"]["mIoU"] == pytest.approx(want, abs=1e-4)
     assert res["details"]["memory_bank"]["patches"] == 10 * (100 // 10)  # fewer than the 16 patches of a view
+    check_resample(task, res, metrics=["mIoU", "aAcc"])  # the identity resample gives the reported numbers
+    # a resample (image 0 twice, image 2 once) sums those images' counts before dividing
+    got = task.resample(res["per_item"], np.array([[2, 0, 1]], np.int32))
+    ti, tu = 2 * inter[0] + inter[2], 2 * union[0] + union[2]
+    assert got["mIoU"][0] == pytest.approx(100 * np.mean([a / b for a, b in zip(ti, tu) if b > 0]), abs=1e-4)
     assert 0 < res["metrics"]["mIoU"] < 100  # not a degenerate case
 
 

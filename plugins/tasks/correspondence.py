@@ -26,7 +26,7 @@ from PIL import Image
 from harness.api import HarnessError, Option, PairSamples, hookimpl
 
 from .correspondence_figure import draw_pairs
-from .correspondence_metrics import CONVENTIONS, correct_within, metric_name, pck, per_category
+from .correspondence_metrics import resampled_pck, CONVENTIONS, correct_within, metric_name, pck, per_category
 from .dense import DerivedSamples
 from .dense_task import DenseHeadTask, check_token_map
 from .knn import normalise, topk_cosine
@@ -165,7 +165,9 @@ class Correspondence(DenseHeadTask):
         points = np.asarray([len(p.target_kps) for p in pairs], np.int64)
         cats = np.asarray([p.category for p in pairs], np.int64)
         vps = np.asarray([-1 if p.viewpoint is None else p.viewpoint for p in pairs], np.int64)
-        metrics, details_alpha, per_item = {}, {}, {"points": points, "category": cats, "viewpoint": vps}
+        keys = [p.name or f"{samples.keys[p.source]}->{samples.keys[p.target]}#{k}" for k, p in enumerate(pairs)]
+        metrics, details_alpha = {}, {}
+        per_item = {"items": np.asarray(keys, dtype=str), "points": points, "category": cats, "viewpoint": vps}
         for a in o["alpha"]:
             correct = np.asarray([int(correct_within(e, s, a).sum()) for e, s in zip(errors, sides)], np.int64)
             per_item[f"correct@{a:g}"] = correct
@@ -203,6 +205,13 @@ class Correspondence(DenseHeadTask):
         }
         return {"metrics": metrics, "details": details, "artifacts": [str(a) for a in artifacts],
                 "per_item": per_item}
+
+
+    def resample(self, per_item, counts):
+        """PCK@alpha under each convention for resamples of the pairs (``counts`` [b, pairs]): per point, the
+        drawn pairs' correct keypoints over their keypoints; per image, the mean of the drawn pairs' fractions;
+        per category, the per-point PCK of each category drawn, then their mean. Rounded as reported."""
+        return resampled_pck(per_item, counts, [a for a in self.opts["alpha"]], _round)
 
 
 class _CandidateCache:

@@ -49,3 +49,29 @@ def per_category(points, correct, categories, names) -> dict[str, dict]:
         out[names[int(c)]] = {"pairs": int(m.sum()), "points": int(points[m].sum()),
                               "PCK": float(100.0 * correct[m].sum() / points[m].sum())}
     return out
+
+
+def resampled_pck(per_item: dict, counts: np.ndarray, alphas, rounding) -> dict[str, np.ndarray]:
+    """``pck`` of each resample (``counts`` [b, pairs]: how often each pair is drawn), for each alpha and
+    convention, computed in the order ``pck`` computes them so the identity resample gives its numbers exactly."""
+    from .resampling import class_sums, elementwise, weighted_sums
+
+    points = np.asarray(per_item["points"], np.int64)
+    cats = np.asarray(per_item["category"], np.int64)
+    frac_of = lambda correct: correct / points  # noqa: E731 - each pair's fraction, as pck divides
+    n_points = weighted_sums(counts, points)
+    cat_points = class_sums(counts * points, cats)
+    out = {}
+    for a in alphas:
+        correct = np.asarray(per_item[f"correct@{a:g}"], np.int64)
+        frac = frac_of(correct)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            point = 100.0 * weighted_sums(counts, correct) / n_points
+            # per image: the mean over the drawn pairs (a pair drawn twice counts twice), summed as np.mean does
+            image = 100.0 * np.array([np.repeat(frac, row).mean() if row.any() else np.nan for row in counts])
+            per_cat = class_sums(counts * correct, cats) / cat_points  # NaN: a category not drawn
+            # the mean over the categories drawn, of exactly those values (as pck's np.mean over its list)
+            category = 100.0 * np.array([r[~np.isnan(r)].mean() if (~np.isnan(r)).any() else np.nan for r in per_cat])
+        for conv, v in (("point", point), ("image", image), ("category", category)):
+            out[metric_name(a, conv)] = elementwise(rounding, v)
+    return out

@@ -222,9 +222,28 @@ class InContextSeg(DenseHeadTask):
             "n": {"train_images": len(unit.samples["train"]), "test_images": len(samples)},
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         }
-        per_item = {"intersection": np.stack([a for a, _ in per_image]).astype(np.int64),
-                    "union": np.stack([b for _, b in per_image]).astype(np.int64)}
+        per_item = {"items": np.asarray(samples.keys, dtype=str),
+                    "intersection": np.stack([a for a, _ in per_image]).astype(np.int64),
+                    "union": np.stack([b for _, b in per_image]).astype(np.int64),
+                    "labelled": np.asarray([int(c.sum()) for c in confs], np.int64)}
         return {"metrics": metrics, "details": details, "artifacts": [], "per_item": per_item}
+
+    def resample(self, per_item, counts):
+        """mIoU and aAcc of resamples of the validation images (``counts`` [b, images]): the drawn images'
+        intersection, union and labelled pixel counts summed (never a mean of per-image IoU), then the formulas
+        and rounding of ``report``. A Hungarian assignment, when on, stays the one found on all the images."""
+        from .resampling import weighted_sums
+
+        inter, union = weighted_sums(counts, per_item["intersection"]), weighted_sums(counts, per_item["union"])
+        labelled = weighted_sums(counts, per_item["labelled"])
+        miou, a_acc = [], []
+        for i, u, n in zip(inter, union, labelled):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                iou = np.where(u > 0, i / np.maximum(u, 1), np.nan)
+            valid = ~np.isnan(iou)
+            miou.append(float(np.round(100 * iou[valid].mean(), 4)) if valid.any() else np.nan)
+            a_acc.append(float(np.round(100 * int(i.sum()) / int(n), 4)) if n else np.nan)
+        return {"mIoU": np.asarray(miou), "aAcc": np.asarray(a_acc)}
 
 
 @hookimpl
