@@ -1,4 +1,4 @@
-"""One dataset entry under retrieval, linear_probe and linear_seg (fast protocol), and the level chart with three
+"""One dataset entry under retrieval, linear_probe, linear_seg (fast protocol) and in_context_seg, and the level chart with three
 levels (SPIN: object, part, subpart), run end to end on tiny files in the official layouts."""
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def test_one_pascal_part_116_entry_serves_retrieval_probes_and_segmentation(tmp_
                                                    test_transform: "resize:64"}}}}
           seg: {{plugin: linear_seg, options: {{protocol: fast, blocks: [], iterations: 4, batch_size: 2, warmup: 1,
                                               scale: [128, 96], crop: [64, 64], stride: [64, 64]}}}}
+          ics: {{plugin: in_context_seg, options: {{input_size: 64, memory_size: 256, augmentation_epochs: 1, k: 5}}}}
         """))
     results = run_spec(spec, tmp_path / "out", plugins=Plugins(), show_progress=False)
     by = {r["task"]: r for r in results}
@@ -35,6 +36,8 @@ def test_one_pascal_part_116_entry_serves_retrieval_probes_and_segmentation(tmp_
     assert set(by["retrieval"]["inputs"]) == {"all"} and set(by["probe"]["inputs"]) == {"train", "val"}
     assert 0 <= by["probe"]["metrics"]["top1_best_epoch"] <= 100
     assert 0 <= by["seg"]["metrics"]["mIoU"] <= 100 and len(by["seg"]["details"]["per_class"]) == 116
+    # the training-free in-context task is served the same label maps as linear_seg
+    assert 0 <= by["ics"]["metrics"]["mIoU"] <= 100 and by["ics"]["inputs"] == by["seg"]["inputs"]
     # crops and label maps of the same split are different items: different fingerprints
     assert by["probe"]["inputs"]["val"] != by["seg"]["inputs"]["val"]
     for r in results:
