@@ -574,7 +574,7 @@ from .compat import ensure_mmseg, import_timm, import_transformers  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
 from .io import DiskFullError, dumps, jsonable, write_json_atomic, write_text_atomic  # noqa: E402
 from .progress import progress  # noqa: E402
-from .results import RESULT_SCHEMA, headline_value, load_results, read_result  # noqa: E402
+from .results import RESULT_SCHEMA, ci95, headline_value, load_results, read_result  # noqa: E402
 from .threads import available_cores, default_threads  # noqa: E402
 
 # modules that themselves import this one: resolved on first use (PEP 562). The last group is for benchmarks
@@ -599,6 +599,6 @@ __all__ = ["available_cores", "default_threads", "CORE_VERSION", "IMAGENET_MEAN"
            "Dataset", "DiskFullError", "Encoder", "FeatureRequest", "HarnessError", "KeypointPair", "KeypointSamples",
            "Option", "PairSamples", "Registration", "Report", "RESULT_SCHEMA",
            "Samples", "SegSamples", "SpecError", "Task", "TaskContext", "did_you_mean", "dumps", "ensure_mmseg",
-           "file_sha256", "headline_value", "hookimpl", "import_timm", "import_transformers", "jsonable",
+           "ci95", "file_sha256", "headline_value", "hookimpl", "import_timm", "import_transformers", "jsonable",
            "load_results", "progress", "read_result", "transforms", "write_json_atomic", "write_text_atomic",
            *_LAZY]

@@ -17,12 +17,12 @@ import numpy as np
 
 from . import bootstrap
 from .errors import HarnessError
-from .results import load_results
+from .results import ci95, load_results
 
 
 def replicates(result: dict, out_dir, metric: str) -> np.ndarray | None:
     """The stored bootstrap replicates of ``metric`` of a result of the output folder ``out_dir``, or None."""
-    if metric not in ((result.get("intervals") or {}).get("ci95") or {}) or not result.get("per_item"):
+    if ci95(result, metric) is None or not result.get("per_item"):
         return None
     path = Path(out_dir) / result["per_item"]["file"]
     try:
@@ -35,8 +35,7 @@ def replicates(result: dict, out_dir, metric: str) -> np.ndarray | None:
 
 def interval_metric(result: dict) -> str | None:
     """The first headline metric of a result that has an interval."""
-    ci = (result.get("intervals") or {}).get("ci95") or {}
-    return next((m for m in (result.get("headline") or []) if ci.get(m) is not None), None)
+    return next((m for m in (result.get("headline") or []) if ci95(result, m) is not None), None)
 
 
 def paired_difference(a: dict, b: dict, dir_a, dir_b=None, metric: str | None = None) -> dict | None:

@@ -16,7 +16,7 @@ from tabulate import tabulate
 from . import compare
 from .api import Report
 from .io import io_error, write_json_atomic, write_text_atomic
-from .results import load_results
+from .results import ci95, load_results
 
 
 def report_plugins(plugins=None) -> list[Report]:
@@ -48,11 +48,6 @@ def _fmt(v):
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.2f}"
     return v
-
-
-def ci95(result: dict, metric: str) -> list[float] | None:
-    """A result's 95 % bootstrap interval of ``metric``, or None."""
-    return ((result.get("intervals") or {}).get("ci95") or {}).get(metric)
 
 
 def with_interval(value, ci, compact: bool = False) -> str:

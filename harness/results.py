@@ -169,6 +169,11 @@ def load_results(out_dir: str | os.PathLike) -> list[dict]:
     return results
 
 
+def ci95(result: dict, metric: str) -> list[float] | None:
+    """A result's 95 % bootstrap interval of ``metric`` (``intervals.ci95``), or None."""
+    return ((result.get("intervals") or {}).get("ci95") or {}).get(metric)
+
+
 def headline_value(result: dict) -> tuple[str, float] | None:
     """(name, value) of a result's first headline metric that has a number, or None."""
     names = result.get("headline") or list(result.get("metrics") or {})

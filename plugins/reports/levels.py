@@ -16,7 +16,7 @@ import math
 from collections import OrderedDict
 from pathlib import Path
 
-from harness.api import error_bars, headline_value, hookimpl, paired_difference, with_interval
+from harness.api import ci95, error_bars, headline_value, hookimpl, paired_difference, with_interval
 
 from .grouped import GroupedReport
 
@@ -32,11 +32,6 @@ COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#d
 def _ok(results: list[dict]) -> list[dict]:
     return [r for r in results if r.get("status") == "ok" and r.get("metrics") and r.get("dataset_hierarchy")
             and isinstance(r.get("dataset_level"), str) and r["dataset_level"] not in RESERVED]
-
-
-def interval(r: dict, metric: str) -> list[float] | None:
-    """A result's 95 % bootstrap interval of ``metric`` (``intervals.ci95``), or None."""
-    return ((r.get("intervals") or {}).get("ci95") or {}).get(metric)
 
 
 def _metric(r: dict) -> str | None:
@@ -104,7 +99,7 @@ def level_pairs(results: list[dict], out_dir=None) -> list[dict]:
                 row = {"encoder": e, "pretraining": by[names[0]][e].get("encoder_pretraining")}
                 for lvl in names:
                     row[lvl] = float(by[lvl][e]["metrics"].get(metric, math.nan))
-                    row[f"{lvl}_ci95"] = interval(by[lvl][e], metric)
+                    row[f"{lvl}_ci95"] = ci95(by[lvl][e], metric)
                     if base is not None:
                         row[f"{lvl}_vs_baseline"] = row[lvl] - float(by[lvl][base]["metrics"].get(metric, math.nan))
                         found = None if out_dir is None else paired_difference(by[lvl][e], by[lvl][base], out_dir,

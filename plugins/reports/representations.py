@@ -11,10 +11,10 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from harness.api import error_bars, hookimpl, paired_difference, with_interval
+from harness.api import ci95, error_bars, hookimpl, paired_difference, with_interval
 
 from .grouped import GroupedReport
-from .levels import _metric, interval
+from .levels import _metric
 
 IGNORED = ("representation", "extra")  # options that name what is read, not how the task runs
 
@@ -37,7 +37,7 @@ def representation_groups(results: list[dict], out_dir=None) -> list[dict]:
         if rep in g["values"]:
             continue
         g["values"][rep] = float(r["metrics"].get(g["metric"], float("nan")))
-        g.setdefault("ci95", OrderedDict())[rep] = interval(r, g["metric"])
+        g.setdefault("ci95", OrderedDict())[rep] = ci95(r, g["metric"])
         first_rep, first = firsts.setdefault(key, (rep, r))
         found = None if out_dir is None or first is r else paired_difference(r, first, out_dir, metric=g["metric"])
         if found:
