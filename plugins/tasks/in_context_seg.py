@@ -202,13 +202,8 @@ class InContextSeg(DenseHeadTask):
         assigned = hb.hungarian(total) if o["match"] == "hungarian" else None
         inter, union = hb.intersection_union(total, assigned)
         per_image = [hb.intersection_union(c, assigned) for c in confs]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-        valid = ~np.isnan(iou)
-        miou = float(np.round(100 * iou[valid].mean(), 4)) if valid.any() else None
-        labelled = int(total.sum())
-        diag = int(inter.sum()) if assigned is None else int(total[np.arange(len(classes)), assigned].sum())
-        metrics = {"mIoU": miou, "aAcc": None if not labelled else float(np.round(100 * diag / labelled, 4))}
+        iou, miou, a_acc = scores(inter, union, int(total.sum()))
+        metrics = {"mIoU": miou, "aAcc": a_acc}
         details = {
             "per_class": {n: {"IoU": None if np.isnan(v) else round(float(100 * v), 4)} for n, v in zip(classes, iou)},
             "classes": classes, "match": o["match"],
@@ -236,14 +231,21 @@ class InContextSeg(DenseHeadTask):
 
         inter, union = weighted_sums(counts, per_item["intersection"]), weighted_sums(counts, per_item["union"])
         labelled = weighted_sums(counts, per_item["labelled"])
-        miou, a_acc = [], []
-        for i, u, n in zip(inter, union, labelled):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                iou = np.where(u > 0, i / np.maximum(u, 1), np.nan)
-            valid = ~np.isnan(iou)
-            miou.append(float(np.round(100 * iou[valid].mean(), 4)) if valid.any() else np.nan)
-            a_acc.append(float(np.round(100 * int(i.sum()) / int(n), 4)) if n else np.nan)
-        return {"mIoU": np.asarray(miou), "aAcc": np.asarray(a_acc)}
+        drawn = [scores(i, u, int(n))[1:] for i, u, n in zip(inter, union, labelled)]
+        return {name: np.asarray([np.nan if v[k] is None else v[k] for v in drawn])
+                for k, name in enumerate(("mIoU", "aAcc"))}
+
+
+def scores(inter: np.ndarray, union: np.ndarray, labelled: int) -> tuple[np.ndarray, float | None, float | None]:
+    """(per-class IoU, mIoU, aAcc) from summed per-class intersection and union counts and the labelled pixels:
+    classes with an empty union are left out (NaN), percentages rounded to 4 decimals; a pixel is correct when
+    its true class is predicted as that class's id, so the correct pixels are the intersections' sum."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    valid = ~np.isnan(iou)
+    miou = float(np.round(100 * iou[valid].mean(), 4)) if valid.any() else None
+    a_acc = float(np.round(100 * int(inter.sum()) / labelled, 4)) if labelled else None
+    return iou, miou, a_acc
 
 
 @hookimpl
