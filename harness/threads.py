@@ -60,7 +60,7 @@ def configure(device: str, workers: int, threads: int | None = None) -> tuple[in
     elif os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         n, why = int(os.environ["OMP_NUM_THREADS"]), "from OMP_NUM_THREADS"
     else:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-        n, why = default_threads(device, workers, local), f"default for {available_cores()} cores"
+        local, cores = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), available_cores()
+        n, why = default_threads(device, workers, local, cores), f"default for {cores} cores"
     torch.set_num_threads(n)
     return n, why
