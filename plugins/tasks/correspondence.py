@@ -211,7 +211,7 @@ class Correspondence(DenseHeadTask):
         """PCK@alpha under each convention for resamples of the pairs (``counts`` [b, pairs]): per point, the
         drawn pairs' correct keypoints over their keypoints; per image, the mean of the drawn pairs' fractions;
         per category, the per-point PCK of each category drawn, then their mean. Rounded as reported."""
-        return resampled_pck(per_item, counts, [a for a in self.opts["alpha"]], _round)
+        return resampled_pck(per_item, counts, self.opts["alpha"], _round)
 
 
 class _CandidateCache:

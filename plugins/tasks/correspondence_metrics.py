@@ -58,13 +58,12 @@ def resampled_pck(per_item: dict, counts: np.ndarray, alphas, rounding) -> dict[
 
     points = np.asarray(per_item["points"], np.int64)
     cats = np.asarray(per_item["category"], np.int64)
-    frac_of = lambda correct: correct / points  # noqa: E731 - each pair's fraction, as pck divides
     n_points = weighted_sums(counts, points)
     cat_points = class_sums(counts * points, cats)
     out = {}
     for a in alphas:
         correct = np.asarray(per_item[f"correct@{a:g}"], np.int64)
-        frac = frac_of(correct)
+        frac = correct / points  # each pair's fraction, as pck divides
         with np.errstate(invalid="ignore", divide="ignore"):
             point = 100.0 * weighted_sums(counts, correct) / n_points
             # per image: the mean over the drawn pairs (a pair drawn twice counts twice), summed as np.mean does
