@@ -176,7 +176,28 @@ def _ago(seconds: float) -> str:
         f"{seconds / 3600:.1f} h"
 
 
+#: the cache folder the current command chose (``--cache-dir``, else the spec's ``cache_dir``), innermost last
+_in_use: list[Path] = []
+
+
+@contextlib.contextmanager
+def cache_dir_in_use(path: str | os.PathLike | None, unless_chosen: bool = False):
+    """Within the block ``default_cache_dir()`` is ``path`` (nothing changes for None, nor with
+    ``unless_chosen`` when a folder was already chosen): what plugins write beside the features (label-map
+    verdicts, written label maps) then follows the run's cache folder."""
+    if path is None or (unless_chosen and _in_use):
+        yield
+        return
+    _in_use.append(Path(os.path.expanduser(str(path))))
+    try:
+        yield
+    finally:
+        _in_use.pop()
+
+
 def default_cache_dir() -> Path:
+    if _in_use:
+        return _in_use[-1]
     env = os.environ.get("HARNESS_CACHE_DIR")
     if env:
         return Path(env).expanduser()

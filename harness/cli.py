@@ -21,9 +21,11 @@ def _plugins(args):
 
 
 def _plan(args, plugins):
+    from .cache import cache_dir_in_use
     from .spec import build_plan
 
-    return build_plan(args.spec, plugins, args.override or ())
+    with cache_dir_in_use(args.cache_dir):  # what validation stores (label-map verdicts, written maps) goes there
+        return build_plan(args.spec, plugins, args.override or ())
 
 
 def cmd_validate(args) -> int:
@@ -314,13 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("spec", help="YAML spec file")
         sp.add_argument("-o", "--override", action="append", metavar="KEY=VALUE",
                         help="override a spec value, e.g. -o tasks.retrieval.options.exclude_self=true")
+        sp.add_argument("--cache-dir", help="cache directory: features, label-map checks, written label maps "
+                        "(default: spec cache_dir, else $HARNESS_CACHE_DIR or ~/.cache/partbench/features)")
         return sp
 
     r = spec_cmd("run", "run a spec")
     r.add_argument("--out", help="output directory (default: spec output_dir or results/<spec name>)")
     r.add_argument("--force", action="store_true", help="recompute units whose results exist")
     r.add_argument("--dry-run", action="store_true", help="validate and list the units, compute nothing")
-    r.add_argument("--cache-dir", help="feature cache directory (default $HARNESS_CACHE_DIR or ~/.cache/partbench)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--workers", type=_at_least(0), metavar="N",
                    help="data-loader worker processes for feature extraction (default: spec, else from the CPU count)")

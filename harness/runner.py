@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import bootstrap, distributed
 from .api import CORE_VERSION, HarnessError, Task
-from .cache import FeatureCache, _canonical, default_cache_dir
+from .cache import FeatureCache, _canonical, cache_dir_in_use, default_cache_dir
 from .context import UnitContext
 from .features import EncoderFailure, FeatureEngine
 from .interrupts import Interrupted
@@ -86,8 +86,9 @@ def run_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, show_p
     """Run every unit of ``plan``; under torchrun every rank calls this and rank 0 writes."""
     dist, device = distributed.from_env(resolve_device(plan.device))
     try:
-        return _run(plan, Path(out_dir), force, show_progress, cache_dir, log, workers, encoders_per_pass,
-                    threads, dist, device)
+        with cache_dir_in_use(cache_dir or plan.cache_dir):  # what plugins store beside features goes there too
+            return _run(plan, Path(out_dir), force, show_progress, cache_dir, log, workers, encoders_per_pass,
+                        threads, dist, device)
     except Interrupted:
         raise
     except BaseException as exc:  # the other ranks learn why this one stops

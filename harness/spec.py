@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .api import REQUIRED, HarnessError, Option, SpecError
+from .cache import cache_dir_in_use
 from .plugins import Plugins, did_you_mean
 
 TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
@@ -381,26 +382,9 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
             config[section][name] = {"plugin": reg.name, "origin": reg.origin, "options": opts}
         if failed:
             raise SpecError("\n".join(failed))
-    checked: set = set()
-    for u in units:
-        enc, task = instances["encoders"][u.encoder], instances["tasks"][u.task]
-        try:
-            ds = instances["datasets"][u.dataset].serve(task.samples_type)
-            task.check(enc, ds)
-        except (ValueError, HarnessError) as exc:  # HarnessError: e.g. a checkpoint read to check support
-            raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
-        # cheap data checks of every split the unit will read (annotation files exist, ...), once each
-        try:
-            splits = {r.split for r in task.requests(enc, ds)}
-        except (ValueError, HarnessError) as exc:
-            raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
-        splits |= {task.opts[k] for k in ("split", "train_split", "test_split") if isinstance(task.opts.get(k), str)}
-        for split in sorted(splits - {s for d, s in checked if d == id(ds)}):
-            checked.add((id(ds), split))
-            try:
-                ds.check_split(split)
-            except (ValueError, HarnessError) as exc:
-                raise SpecError(f"{where}: datasets.{u.dataset} (split '{split}', read by tasks.{u.task}): {exc}") from None
+    cache_dir = raw.get("cache_dir") if isinstance(raw.get("cache_dir"), str) else None
+    with cache_dir_in_use(cache_dir, unless_chosen=True):  # what the checks store follows the spec's cache
+        _check_units(units, instances, where)
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SpecError(f"{where}: seed: expected an integer, got {seed!r}")
@@ -427,6 +411,32 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
                         f"at least 100 (default 1000), got {resamples!r}")
     return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
                 device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction), resamples)
+
+
+
+def _check_units(units, instances: dict, where: str) -> None:
+    """Every unit's task accepts its encoder and dataset, and every split it reads passes the dataset's cheap
+    data checks (once per dataset entry and split)."""
+    checked: set = set()
+    for u in units:
+        enc, task = instances["encoders"][u.encoder], instances["tasks"][u.task]
+        try:
+            ds = instances["datasets"][u.dataset].serve(task.samples_type)
+            task.check(enc, ds)
+        except (ValueError, HarnessError) as exc:  # HarnessError: e.g. a checkpoint read to check support
+            raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
+        # cheap data checks of every split the unit will read (annotation files exist, ...), once each
+        try:
+            splits = {r.split for r in task.requests(enc, ds)}
+        except (ValueError, HarnessError) as exc:
+            raise SpecError(f"{where}: tasks.{u.task} on encoder '{u.encoder}', dataset '{u.dataset}': {exc}") from None
+        splits |= {task.opts[k] for k in ("split", "train_split", "test_split") if isinstance(task.opts.get(k), str)}
+        for split in sorted(splits - {s for d, s in checked if d == id(ds)}):
+            checked.add((id(ds), split))
+            try:
+                ds.check_split(split)
+            except (ValueError, HarnessError) as exc:
+                raise SpecError(f"{where}: datasets.{u.dataset} (split '{split}', read by tasks.{u.task}): {exc}") from None
 
 
 def _check_reference(ref: Any, entries: dict, where: str) -> dict:

@@ -129,3 +129,23 @@ def test_the_synthetic_masks_go_through_the_same_check(tmp_path):
     write_map(path, np.zeros((32, 32)))
     with pytest.raises(HarnessError, match=r"size 32x32 differs from its image .* \(64x64\)"):
         ds.check_split(split)
+
+
+def test_the_verdict_lives_in_the_cache_folder_the_spec_or_the_command_line_chose(tmp_path, monkeypatch):
+    from harness.cli import main
+
+    root = pascal(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        encoders: {{e: {{plugin: random_vit, options: {{depth: 1, embed_dim: 32, num_heads: 2}}}}}}
+        datasets: {{d: {{plugin: pascal_object, options: {{root: "{root}"}}}}}}
+        tasks: {{t: {{plugin: linear_seg, options: {{protocol: fast, blocks: []}}}}}}
+        cache_dir: {tmp_path / "spec_cache"}
+        """))
+    default = label_maps.default_cache_dir() / "validated"
+    before = set(default.glob("*.json"))
+    build_plan(spec, Plugins())
+    assert len(list((tmp_path / "spec_cache" / "validated").glob("label_maps-*.json"))) == 2  # train and val
+    assert main(["validate", str(spec), "--cache-dir", str(tmp_path / "cli_cache")]) == 0
+    assert len(list((tmp_path / "cli_cache" / "validated").glob("label_maps-*.json"))) == 2
+    assert set(default.glob("*.json")) == before  # nothing written where neither pointed
