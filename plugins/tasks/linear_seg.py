@@ -417,8 +417,8 @@ class LinearSeg(DenseHeadTask):
                                    f"'{ctx.dataset.name}' split '{split}' must give SegSamples with a layout")
         scale, crop, stride = self.geometry(train_s)
         layout = dict(train_s.layout)
-        layout["train"] = {"img_path": train_s.layout["img_path"], "seg_map_path": train_s.layout["seg_map_path"]}
-        layout["val"] = {"img_path": test_s.layout["img_path"], "seg_map_path": test_s.layout["seg_map_path"]}
+        for key, s in (("train", train_s), ("val", test_s)):  # absolute: the splits' roots may differ
+            layout[key] = {k: os.path.join(s.layout["data_root"], s.layout[k]) for k in ("img_path", "seg_map_path")}
         lrs = self.lr_list()
         runs, t0 = [], time.perf_counter()
         for lr in lrs:  # the paper trains one model per learning rate (Table 9): one mmengine run each
