@@ -65,8 +65,7 @@ def test_partimagenet_ood_release_reads_the_coco_files_objects_by_super_category
     obj = crops(make(PartImageNet, root=root, level="object"))
     assert obj.classes[0] == "Quadruped" and len(obj.classes) == 11 and sorted(set(obj.labels.tolist())) == [0, 6]
     assert tuple(obj.boxes[0]) == (16, 0, 112, 96)  # the square around the union of the part boxes
-    with pytest.raises(HarnessError, match="no label maps at level 'part' in this release"):
-        maps(part)
+    assert len(maps(part).classes) == 41  # painted from the polygons (tests/test_written_maps.py)
 
 
 def test_paco_objects_and_parts_on_the_coco_images(tmp_path):
@@ -108,9 +107,7 @@ def test_pascal_part_116_and_ade20k_part_234_in_the_ov_parts_layout(tmp_path):
     assert len(m.classes) == 234 and m.classes[126] == "car's door" and m.layout["img_path"] == "images/validation"
     assert sorted(set(crops(ade, "val").labels.tolist())) == [5, 8, 126, 132]
     ade_obj = make(ADE20KPart234, root=tmp_path / "ADE20KPart234", level="object")
-    assert crops(ade_obj).classes == ["person", "car"]
-    with pytest.raises(HarnessError, match="no label maps at level 'object'.*levels with label maps: part"):
-        maps(ade_obj)
+    assert crops(ade_obj).classes == ["person", "car"] and maps(ade_obj).classes == ["person", "car"]
 
 
 # -- bad and missing files: validation errors of one line naming the file ----------------------------------------
@@ -211,17 +208,25 @@ def test_a_missing_or_partial_download_names_what_and_where_to_get_it(tmp_path, 
     assert what in text and "download: https://github.com/" in text
 
 
-def test_spin_maps_that_were_not_rasterised_say_how_to_make_them(tmp_path):
+def test_spin_maps_that_were_not_rasterised_are_painted_and_a_named_masks_folder_must_exist(tmp_path):
     root = pf.write_spin(tmp_path / "spin", rasterise=False)
-    validate(tmp_path, "spin", {"root": root}, "retrieval", "{split: test}")  # crops need only the JSON
-    text = one_line_error(tmp_path, "spin", {"root": root}, *SEG)
-    assert "train_subpart: rasterised label-map folder" in text and "rasterize_dataset()" in text
+    validate(tmp_path, "spin", {"root": root}, *SEG)  # painted from the JSON by the API's rule
+    text = one_line_error(tmp_path, "spin", {"root": root, "masks": root}, *SEG)
+    assert f"{root / 'train_subpart'}: rasterised label-map folder" in text and "'masks' option" in text
 
 
-def test_segmentation_on_a_release_without_maps_is_refused_at_validation(tmp_path):
-    root = pf.write_paco(tmp_path / "paco", tmp_path / "coco")
-    text = one_line_error(tmp_path, "paco", {"root": root, "coco_images": tmp_path / "coco"}, *SEG)
-    assert "no label maps at level 'part'" in text
+def test_segmentation_reads_the_painted_maps_of_every_json_only_release(tmp_path):
+    paco = pf.write_paco(tmp_path / "paco", tmp_path / "coco")
+    validate(tmp_path, "paco", {"root": paco, "coco_images": tmp_path / "coco"}, *SEG)
+    ood = pf.write_partimagenet_ood(tmp_path / "PartImageNet_OOD")
+    validate(tmp_path, "partimagenet", {"root": ood, "level": "object"}, *SEG)
+    ade = pf.write_ade234(tmp_path / "ADE20KPart234")
+    validate(tmp_path, "ade20k_part_234", {"root": ade, "level": "object"}, *SEG)
+    gone = tmp_path / "coco" / "train2017" / "000000000002.jpg"
+    gone.unlink()
+    text = one_line_error(tmp_path, "paco", {"root": paco, "coco_images": tmp_path / "coco", "level": "object"},
+                          *SEG)
+    assert f"{gone}: image not found" in text
 
 
 def test_the_images_are_checked_too(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 import _part_files as pf
@@ -72,9 +73,14 @@ def test_the_level_chart_draws_three_levels_coarse_to_fine(tmp_path):
 
 @pytest.mark.slow
 def test_the_mmseg_recipe_reads_the_same_maps(tmp_path):
-    """protocol: paper hands mmseg's BaseSegDataset the layout of SPIN's rasterised maps (.JPEG images in another
-    folder than the maps, no zero reduction, background a class)."""
-    spin = pf.write_spin(tmp_path / "spin")
+    """protocol: paper hands mmseg's BaseSegDataset the layout of SPIN's maps painted from its JSON (.JPEG links
+    beside the maps, no zero reduction, background a class; train and val in different cache folders)."""
+    spin = pf.write_spin(tmp_path / "spin", rasterise=False)
+    val = spin / "spin_val_subparts.json"  # val one image short of train: which split mmseg scored shows
+    data = json.loads(val.read_text())
+    gone = data["images"].pop()["id"]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != gone]
+    val.write_text(json.dumps(data))
     spec = tmp_path / "spec.yaml"
     spec.write_text(textwrap.dedent(f"""\
         encoders: {{vit: {{plugin: random_vit, options: {TINY}}}}}
@@ -88,3 +94,35 @@ def test_the_mmseg_recipe_reads_the_same_maps(tmp_path):
     results = run_spec(spec, tmp_path / "out", plugins=Plugins(), show_progress=False)
     assert [r["status"] for r in results] == ["ok"], [r.get("error") for r in results]
     assert len(results[0]["details"]["per_class"]) == 204 and results[0]["details"]["protocol"] == "paper"
+    scored = np.load(tmp_path / "out" / results[0]["per_item"]["file"])["items"]
+    assert len(scored) == 5  # val's images, read from val's own folder
+
+
+@pytest.mark.slow
+def test_segmentation_on_the_releases_that_ship_only_json_masks(tmp_path):
+    """PartImageNet_OOD (polygons), PACO (RLE parts, polygon objects) and ADE20K-Part-234's objects: linear_seg
+    and in_context_seg run on maps painted from the JSON, with the classes of each level."""
+    images = tmp_path / "coco" / "images"
+    paco = pf.write_paco(tmp_path / "paco", images)
+    ood = pf.write_partimagenet_ood(tmp_path / "PartImageNet_OOD")
+    ade = pf.write_ade234(tmp_path / "ADE20KPart234")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        encoders: {{vit: {{plugin: random_vit, options: {TINY}}}}}
+        datasets:
+          ood_part: {{plugin: partimagenet, options: {{root: "{ood}", level: part}}}}
+          paco_part: {{plugin: paco, options: {{root: "{paco}", coco_images: "{images}", level: part}}}}
+          paco_object: {{plugin: paco, options: {{root: "{paco}", coco_images: "{images}", level: object}}}}
+          ade_object: {{plugin: ade20k_part_234, options: {{root: "{ade}", level: object}}}}
+        tasks:
+          seg: {{plugin: linear_seg, options: {{protocol: fast, blocks: [], iterations: 4, batch_size: 2, warmup: 1,
+                                              scale: [128, 96], crop: [64, 64], stride: [64, 64],
+                                              train_split: train, test_split: val}}}}
+          ics: {{plugin: in_context_seg, options: {{input_size: 64, memory_size: 256, augmentation_epochs: 1, k: 5,
+                                                   train_split: train, test_split: val}}}}
+        """))
+    results = run_spec(spec, tmp_path / "out", plugins=Plugins(), show_progress=False)
+    assert all(r["status"] == "ok" for r in results), [r.get("error") for r in results]
+    classes = {r["dataset"]: len(r["details"]["per_class"]) for r in results if r["task"] == "seg"}
+    assert classes == {"ood_part": 41, "paco_part": 4, "paco_object": 2, "ade_object": 2}
+    assert all(0 <= r["metrics"]["mIoU"] <= 100 and r["intervals"] for r in results)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -33,10 +32,11 @@ import numpy as np
 from harness.api import Dataset, HarnessError, Option, Samples, SegSamples
 
 from ._common import expand
-from .coco import square_box
+from .coco import load_coco, square_box
 from .label_maps import check_label_maps
 from .part_crops import CROP_RULE_COUNTERS, crop_samples, half_distances, kept_crops
 from .seg_folders import pair_files
+from .written_maps import decode, paint_regions, written_maps
 
 #: object crops: boxes whose shorter side is smaller are dropped (coco_objects' default min_size)
 MIN_OBJECT_SIDE = 32.0
@@ -141,6 +141,33 @@ class LevelledDataset(Dataset):
         summary.update(split=split, level=self.level, kept=len(items),
                        per_class={classes[c]: per_class.get(c, 0) for c in range(len(classes))})
         return crop_samples(items, classes, summary, files=[f for p in parts for f in p[3]])
+
+    def instances(self, path: Path, unlisted: Sequence[dict] = ()):
+        """The COCO object of an instance file, read once per dataset entry and checked with
+        ``check_instances`` against its categories (``unlisted`` when the file lists none)."""
+        key = ("instances", str(path))
+        if key not in self._read:
+            coco = load_coco(path)
+            cats = coco.dataset.get("categories") or list(unlisted)
+            check_instances(path, coco.dataset, {c.get("id") for c in cats})
+            self._read[key] = coco
+        return self._read[key]
+
+    def painted_maps(self, path: Path, coco, images: list[dict], image_file, regions_of, fill: int, order: str,
+                     classes: Sequence[str], split: str, defaults: dict, rule: str) -> SegSamples:
+        """``written_maps`` of the instance file ``path``: one map per image entry of ``images`` (COCO image
+        dicts), filled with ``fill`` and painted with ``regions_of(image id)`` = [(value, segmentation)] in
+        ``order`` (``written_maps.paint_regions``); ``rule`` says how, in the maps' identity and summary."""
+        entries = [(Path(im["file_name"]).stem, Path(image_file(im)), im["height"], im["width"]) for im in images]
+        ident = {"plugin": type(self).__name__, "version": self.version, "level": self.level, "split": split,
+                 "fill": fill, "order": order, "rule": rule}
+
+        def paint(i: int):
+            im = images[i]
+            return paint_regions(im["height"], im["width"], fill, regions_of(im["id"]), order)
+
+        return written_maps(ident, [path], entries, paint, classes, split, defaults, {"rule": rule},
+                            desc=f"{self.name} {split}: writing {self.level} label maps")
 
     # -- subclasses -----------------------------------------------------------------------------------
     def map_samples(self, split: str) -> SegSamples:
@@ -316,14 +343,7 @@ def centroid(seg, h: int, w: int) -> tuple[float, float] | None:
     covers nothing."""
     if isinstance(seg, list):
         return polygon_centroid(seg)
-    from pycocotools import mask as mask_util
-
-    rle = mask_util.frPyObjects(seg, h, w) if isinstance(seg.get("counts"), list) else seg
-    if isinstance(rle.get("counts"), str):
-        rle = dict(rle, counts=rle["counts"].encode("ascii"))
-    with warnings.catch_warnings():  # pycocotools' Cython decode warns under numpy 2 (copy keyword); harmless
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ys, xs = np.nonzero(mask_util.decode(rle))
+    ys, xs = np.nonzero(decode(seg, h, w))
     if not len(xs):
         return None
     return float(xs.mean()), float(ys.mean())

@@ -17,7 +17,9 @@ by the JSON's names ("<Super> <Part>"); objects in the OOD release by super-cate
 object field and its splits share no class), in the Seg release by the whole map's value (158 classes, named
 object_000..; the value-to-wnid order is undocumented). Label maps keep their background as a class
 (``background``, the maps' 40 / 158), read as written (no zero reduction). That the part maps' values follow
-the JSON's category ids is unverified (Compositor's hard-coded names differ at 27/28, 35/36, 38/39).
+the JSON's category ids is unverified (Compositor's hard-coded names differ at 27/28, 35/36, 38/39). The OOD
+release's maps are painted from its polygons (``written_maps``): parts by category id, larger first, on 40;
+objects as the union of the parts by super-category, on 11.
 """
 from __future__ import annotations
 
@@ -26,9 +28,7 @@ from pathlib import Path
 
 from harness.api import HarnessError, Option, hookimpl
 
-from .coco import load_coco
-from .part_levels import (LevelledDataset, check_instances, instance_items, label_map_samples, map_items,
-                          value_classes)
+from .part_levels import LevelledDataset, instance_items, label_map_samples, map_items, value_classes
 
 SUPER = ["Quadruped", "Biped", "Fish", "Bird", "Snake", "Reptile", "Car", "Bicycle", "Boat", "Aeroplane", "Bottle"]
 _PARTS = [("Quadruped", "Head Body Foot Tail"), ("Biped", "Head Body Hand Foot Tail"), ("Fish", "Head Body Fin Tail"),
@@ -63,10 +63,13 @@ class PartImageNet(LevelledDataset):
                            "PartImageNet_OOD's train.json)")
 
     def map_levels(self):
-        return self.levels if self.release() == "seg" else ()
+        return self.levels
+
+    def map_samples(self, split: str):
+        return self._seg_maps(split) if self.release() == "seg" else self._ood_maps(split)
 
     # -- Seg release --------------------------------------------------------------------------------
-    def map_samples(self, split: str):
+    def _seg_maps(self, split: str):
         root = self.root()
         img, ann = root / "images" / split, root / "annotations" / (split if self.level == "part" else f"{split}_whole")
         for p, what in ((img, "image folder"), (ann, f"{self.level} label-map folder")):
@@ -77,6 +80,33 @@ class PartImageNet(LevelledDataset):
         else:
             classes = value_classes({v: f"object_{v:03d}" for v in range(NUM_OBJECTS)}, WHOLE_BACKGROUND)
         return label_map_samples(img, ann, classes, split, GEOMETRY, img_suffix=".JPEG")
+
+    # -- OOD release: maps painted from the polygons ---------------------------------------------------
+    def _ood_maps(self, split: str):
+        path, coco, cats = self._ood_file(split)
+        by_image: dict = {}
+        for a in sorted(coco.dataset.get("annotations", []), key=lambda a: a["id"]):
+            by_image.setdefault(a["image_id"], []).append(a)
+        images = [coco.imgs[i] for i in sorted(by_image)]
+        if self.level == "part":
+            classes = value_classes({c: cats[c].get("name", f"part_{c}") for c in cats}, PART_BACKGROUND)
+
+            def regions_of(iid):
+                return [(a["category_id"], a["segmentation"]) for a in by_image[iid]]
+
+            rule = "parts painted larger first (a smaller part stays visible on a larger one), background 40"
+            fill, order = PART_BACKGROUND, "area"
+        else:
+            classes = [*SUPER, "background"]
+
+            def regions_of(iid):
+                sup = self._super_of(by_image[iid], cats)
+                return [(SUPER.index(sup), a["segmentation"]) for a in by_image[iid]]
+
+            rule = "the object: the union of its parts, labelled by their super-category; background 11"
+            fill, order = len(SUPER), "file"
+        return self.painted_maps(path, coco, images, self._ood_image_file(split), regions_of, fill, order, classes,
+                                 split, GEOMETRY, rule)
 
     # -- crops ----------------------------------------------------------------------------------------
     def read_items(self, split: str):
@@ -98,26 +128,39 @@ class PartImageNet(LevelledDataset):
         root = self.root()
         return next((p for p in (root / f"{split}.json", root / "annotations" / f"{split}.json") if p.is_file()), None)
 
-    def _ood_items(self, split: str):
+    def _ood_file(self, split: str):
+        """(path, COCO, {id: category}) of the split's annotation file, checked."""
         path = self._json(split)
         if path is None:
             raise self.missing(self.root() / f"{split}.json", f"PartImageNet_OOD annotation file of split '{split}'")
-        coco = load_coco(path)
-        data = coco.dataset
-        cats = {c["id"]: c for c in data.get("categories", [])}
+        coco = self.instances(path)
+        cats = {c["id"]: c for c in coco.dataset.get("categories", [])}
         if sorted(cats) != list(range(len(cats))):
             raise HarnessError(f"{path}: category ids must be 0..{len(cats) - 1} (PartImageNet's part ids)")
-        check_instances(path, data, set(cats))
         for cid, c in cats.items():
             if c.get("supercategory") not in SUPER:
                 raise HarnessError(f"{path}: category {cid}: supercategory {c.get('supercategory')!r} is not one of "
                                    f"PartImageNet's 11 ({', '.join(SUPER)})")
+        return path, coco, cats
+
+    def _ood_image_file(self, split: str):
         images = self.root() / split
 
         def image_file(im):
             name = im["file_name"]
             return images / name[:9] / name if "/" not in name else images / name
 
+        return image_file
+
+    @staticmethod
+    def _super_of(anns: list, cats: dict) -> str:
+        """An image's object super-category: the one most of its parts name."""
+        return Counter(cats[a["category_id"]]["supercategory"] for a in anns).most_common(1)[0][0]
+
+    def _ood_items(self, split: str):
+        path, coco, cats = self._ood_file(split)
+        data = coco.dataset
+        image_file = self._ood_image_file(split)
         point = self.level == "part"
         if point:
             items, summary = instance_items(path, data["annotations"], coco.imgs, image_file, {c: c for c in cats},
@@ -131,14 +174,12 @@ class PartImageNet(LevelledDataset):
                 x0, y0 = min(a["bbox"][0] for a in anns), min(a["bbox"][1] for a in anns)
                 x1 = max(a["bbox"][0] + a["bbox"][2] for a in anns)
                 y1 = max(a["bbox"][1] + a["bbox"][3] for a in anns)
-                sup = Counter(cats[a["category_id"]]["supercategory"] for a in anns).most_common(1)[0][0]
-                objects.append({"id": iid, "image_id": iid, "category_id": SUPER.index(sup),
-                                               "bbox": [x0, y0, x1 - x0, y1 - y0]})
+                objects.append({"id": iid, "image_id": iid, "category_id": SUPER.index(self._super_of(anns, cats)),
+                                "bbox": [x0, y0, x1 - x0, y1 - y0]})
             items, summary = instance_items(path, objects, coco.imgs, image_file, {i: i for i in range(len(SUPER))},
                                             point=False, source=self.source)
         classes = [cats[i].get("name", f"part_{i}") for i in range(len(cats))] if point else SUPER
         return items, classes, {"release": "PartImageNet_OOD", **summary}, [path]
-
 
 @hookimpl
 def register_datasets(register):
