@@ -237,7 +237,7 @@ def test_the_folder_is_reused_rewritten_when_its_source_changes_and_never_half_w
     source.write_text('{"edited": 2}')
     with pytest.raises(HarnessError, match="bad mask"):
         write(tmp_path, entries, broken)
-    folders = sorted(p.name for p in (default_cache_dir() / "label_maps").iterdir())
+    folders = sorted(p.name for p in (default_cache_dir() / "label_maps").iterdir() if not p.name.endswith(".lock"))
     assert not [f for f in folders if f.startswith(".")]  # no temporary folder left behind
     assert len(folders) == len(set(folders)) and all((default_cache_dir() / "label_maps" / f / "done.json").is_file()
                                                      for f in folders)
@@ -292,3 +292,43 @@ def test_a_killed_writers_temporary_folder_is_swept_by_the_next_writer(tmp_path)
     assert not stale.exists() and fresh.exists() and live.exists()  # only the old one of a gone writer
     for p in (fresh, live):
         shutil.rmtree(p)
+
+
+def test_a_mask_pycocotools_cannot_decode_names_the_file(tmp_path):
+    root = pf.write_spin(tmp_path / "spin", rasterise=False)
+    path = root / "spin_test_parts.json"
+    data = json.loads(path.read_text())
+    data["annotations"][1]["segmentation"]["counts"] = "!!!!"
+    path.write_text(json.dumps(data))
+    image = data["images"][0]
+    with pytest.raises(HarnessError, match=f"^{path}: image {image['id']} \\({image['file_name']}\\): a mask "
+                                           "pycocotools cannot decode \\(ValueError: Invalid RLE mask"):
+        maps(make(Spin, root=root, level="part"), "test")
+    from test_datasets_parts_beyond import crops
+
+    with pytest.raises(HarnessError, match=f"^{path}: annotation 2: a mask pycocotools cannot decode"):
+        crops(make(Spin, root=root, level="part"), "test")
+
+
+def test_concurrent_writers_paint_once(tmp_path):
+    import threading
+
+    entries = entries_of(tmp_path, 2)
+    calls, results = [], []
+    gate = threading.Barrier(2)
+
+    def paint(i):
+        calls.append(i)
+        return np.zeros((6, 8), dtype=np.uint8)
+
+    def writer():
+        gate.wait()
+        results.append(write(tmp_path, entries, paint))
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and results[0].mask_paths == results[1].mask_paths
+    assert sorted(calls) == [0, 1]  # the second writer waited on the lock and found the folder complete

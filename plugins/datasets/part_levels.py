@@ -164,7 +164,11 @@ class LevelledDataset(Dataset):
 
         def paint(i: int):
             im = images[i]
-            return paint_regions(im["height"], im["width"], fill, regions_of(im["id"]), order)
+            try:
+                return paint_regions(im["height"], im["width"], fill, regions_of(im["id"]), order)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:  # pycocotools on a malformed mask
+                raise HarnessError(f"{path}: image {im['id']} ({im['file_name']}): a mask pycocotools cannot "
+                                   f"decode ({type(exc).__name__}: {exc})") from None
 
         return written_maps(ident, [path], entries, paint, classes, split, defaults, {"rule": rule},
                             desc=f"{self.name} {split}: writing {self.level} label maps")
@@ -375,7 +379,11 @@ def instance_items(path: Path, annotations: list, imgs: dict, image_file, label_
         if point:
             entries = []
             for a in anns:
-                c = centroid(a["segmentation"], im["height"], im["width"]) if a.get("segmentation") else None
+                try:
+                    c = centroid(a["segmentation"], im["height"], im["width"]) if a.get("segmentation") else None
+                except (ValueError, TypeError) as exc:  # pycocotools on malformed counts
+                    raise HarnessError(f"{path}: annotation {a['id']}: a mask pycocotools cannot decode "
+                                       f"({type(exc).__name__}: {exc})") from None
                 if c is None:
                     counts["dropped_empty_mask"] += 1
                     continue

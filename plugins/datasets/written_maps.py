@@ -14,7 +14,8 @@ them, in the folder layout mmseg reads (so the paper segmentation protocol runs 
 the class list, the size and modification time of every source file (the annotation files) and every
 (stem, image path) pair; an edited annotation file gives new maps, unchanged files reuse the folder without
 decoding anything. The folder is built under a temporary name and renamed into place when complete, so an
-interrupted or failed run leaves nothing half-written, and concurrent writers (torchrun ranks) keep one copy;
+interrupted or failed run leaves nothing half-written; concurrent writers (torchrun ranks) take turns on a lock
+file beside it, so one paints and the others find its folder (without locks, each paints and one copy is kept);
 the temporary folder of a killed writer is removed by a later writer. ``label_maps/`` may be deleted at any time
 to reclaim space (``harness cache`` does not manage it): maps are painted again when needed.
 """
@@ -40,6 +41,18 @@ WRITE_VERSION = 1
 IGNORE = 255
 #: a temporary folder whose writer is gone is removed once this old (seconds)
 STALE_AFTER_S = 3600
+
+
+def _hold(f) -> None:
+    """An exclusive lock on the open file ``f`` until it is closed (none where the platform has no flock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    except OSError:  # a file system without locks: concurrent writers still keep one complete copy
+        pass
 
 
 def _stat(path: Path) -> list:
@@ -90,7 +103,11 @@ def written_maps(ident: dict, sources: Sequence[Path], entries: Sequence[tuple[s
         raise HarnessError(f"{missing[0]}: image not found (listed in {sources[0]}; {len(missing)} image(s) missing)")
     folder = maps_folder(ident, sources, entries, classes)
     if not _complete(folder, len(entries)):
-        _write(folder, entries, paint, suffix, len(classes), desc)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.with_name(f".{folder.name}.lock"), "a") as lock:
+            _hold(lock)  # a second writer (another torchrun rank) waits here, then finds the folder complete
+            if not _complete(folder, len(entries)):
+                _write(folder, entries, paint, suffix, len(classes), desc)
     layout = {"data_root": str(folder), "img_path": "img", "seg_map_path": "ann", "img_suffix": suffix,
               "seg_map_suffix": ".png", "reduce_zero_label": False}
     info = {"split": split, "images": len(entries), "classes": len(classes), "label_dir": str(folder / "ann"),
