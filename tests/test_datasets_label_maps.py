@@ -149,3 +149,30 @@ def test_the_verdict_lives_in_the_cache_folder_the_spec_or_the_command_line_chos
     assert main(["validate", str(spec), "--cache-dir", str(tmp_path / "cli_cache")]) == 0
     assert len(list((tmp_path / "cli_cache" / "validated").glob("label_maps-*.json"))) == 2
     assert set(default.glob("*.json")) == before  # nothing written where neither pointed
+
+
+def test_processes_checking_the_same_split_at_once_scan_it_once(tmp_path, monkeypatch):
+    import threading
+
+    root = pascal(tmp_path, n_val=4)
+    scans = []
+    real = label_maps.scan
+    gate = threading.Barrier(2)
+
+    def slow_scan(samples, desc=""):
+        scans.append(1)
+        return real(samples, desc)
+
+    monkeypatch.setattr(label_maps, "scan", slow_scan)
+
+    def check():
+        ds = make(root)
+        gate.wait()
+        ds.check_split("val")
+
+    threads = [threading.Thread(target=check) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(scans) == 1  # the second waited for the first's verdict

@@ -13,7 +13,8 @@ Every bad file is reported in one error: the first ``SHOWN``, one line each (fil
 expected), and how many more. The verdict is stored in the feature cache folder
 (``<cache>/validated/label_maps-<key>.json``), keyed by the split's ``fingerprint()`` (item keys and the
 size and modification time of every image and map, as the feature cache keys features) with the class
-count, so validating unchanged data again decodes nothing, and an edited image or map is checked again.
+count, so validating unchanged data again decodes nothing, and an edited image or map is checked again. Processes
+checking the same split at once (torchrun ranks) take turns on a lock file beside the verdict: one scans.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from harness.api import HarnessError, SegSamples, default_cache_dir, progress
+
+from ._common import taking_turns
 
 #: bump when the checks change: older verdicts are then ignored
 CHECK_VERSION = 1
@@ -135,8 +138,11 @@ def check_label_maps(samples: SegSamples, desc: str = "checking label maps") -> 
     path = _verdict_path(samples)
     bad = _read_verdict(path, n)
     if bad is None:
-        bad = [list(b) for b in scan(samples, desc)]
-        _write_verdict(path, n, bad)
+        with taking_turns(path.with_name(f".{path.name}.lock")):  # torchrun ranks: one scans, the others read
+            bad = _read_verdict(path, n)
+            if bad is None:
+                bad = [list(b) for b in scan(samples, desc)]
+                _write_verdict(path, n, bad)
     if not bad:
         return
     lines = [f"{samples.mask_paths[i]}: {what}" for i, what in bad[:SHOWN]]

@@ -36,23 +36,13 @@ from PIL import Image
 
 from harness.api import HarnessError, SegSamples, default_cache_dir, progress
 
+from ._common import taking_turns
+
 #: bump when how maps are written changes: older folders are then ignored
 WRITE_VERSION = 1
 IGNORE = 255
 #: a temporary folder whose writer is gone is removed once this old (seconds)
 STALE_AFTER_S = 3600
-
-
-def _hold(f) -> None:
-    """An exclusive lock on the open file ``f`` until it is closed (none where the platform has no flock)."""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-    except OSError:  # a file system without locks: concurrent writers still keep one complete copy
-        pass
 
 
 def _stat(path: Path) -> list:
@@ -103,9 +93,7 @@ def written_maps(ident: dict, sources: Sequence[Path], entries: Sequence[tuple[s
         raise HarnessError(f"{missing[0]}: image not found (listed in {sources[0]}; {len(missing)} image(s) missing)")
     folder = maps_folder(ident, sources, entries, classes)
     if not _complete(folder, len(entries)):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.with_name(f".{folder.name}.lock"), "a") as lock:
-            _hold(lock)  # a second writer (another torchrun rank) waits here, then finds the folder complete
+        with taking_turns(folder.with_name(f".{folder.name}.lock")):  # another rank waits, then finds it complete
             if not _complete(folder, len(entries)):
                 _write(folder, entries, paint, suffix, len(classes), desc)
     layout = {"data_root": str(folder), "img_path": "img", "seg_map_path": "ann", "img_suffix": suffix,
