@@ -97,7 +97,7 @@ def main() -> None:
         root = write_paco(Path(tmp), args.images)
         os.environ["HARNESS_CACHE_DIR"] = str(Path(tmp) / "cache")
         from harness.api import SegSamples
-        from harness.spec import validate_options
+        from harness.api import validate_options
         from partbench_plugins.datasets.paco import Paco
 
         def load():

@@ -314,6 +314,7 @@ def test_concurrent_writers_paint_once(tmp_path):
     import threading
 
     entries = entries_of(tmp_path, 2)
+    (tmp_path / "ann.json").write_text("{}")  # before the threads: both key the same source
     calls, results = [], []
     gate = threading.Barrier(2)
 
