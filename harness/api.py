@@ -220,6 +220,12 @@ class Samples:
         """(path of the source image, (x0, y0, x1, y1) box) for galleries, or None."""
         return None
 
+    def clusters(self) -> np.ndarray | None:
+        """Which source image each item comes from (an int per item), for tasks to pass among their per-item
+        arrays as ``clusters`` (the bootstrap by image, spec ``bootstrap_by: image``); None: every item is its
+        own image."""
+        return None
+
     def fingerprint(self) -> str:
         """Hash of the item keys and labels and of the size and mtime of ``files`` (not their paths, so
         a moved dataset keeps its cache): part of the feature cache key."""
@@ -229,6 +235,13 @@ class Samples:
         for f in self.files:
             h.update(f"{_file_stat(f)}\n".encode())
         return h.hexdigest()
+
+
+def clusters_of(samples: Samples) -> dict:
+    """``{"clusters": int64 [n]}`` for a task's per-item arrays where the items of ``samples`` share source images
+    (``Samples.clusters``), else ``{}``: with it the core can resample by image (``bootstrap_by: image``)."""
+    found = samples.clusters()
+    return {} if found is None else {"clusters": np.asarray(found, dtype=np.int64)}
 
 
 class SegSamples(Samples):
@@ -599,6 +612,6 @@ __all__ = ["available_cores", "default_threads", "CORE_VERSION", "IMAGENET_MEAN"
            "Dataset", "DiskFullError", "Encoder", "FeatureRequest", "HarnessError", "KeypointPair", "KeypointSamples",
            "Option", "PairSamples", "Registration", "Report", "RESULT_SCHEMA",
            "Samples", "SegSamples", "SpecError", "Task", "TaskContext", "did_you_mean", "dumps", "ensure_mmseg",
-           "ci95", "file_sha256", "headline_value", "hookimpl", "import_timm", "import_transformers", "jsonable",
+           "ci95", "clusters_of", "file_sha256", "headline_value", "hookimpl", "import_timm", "import_transformers", "jsonable",
            "load_results", "progress", "read_result", "transforms", "write_json_atomic", "write_text_atomic",
            *_LAZY]

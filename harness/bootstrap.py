@@ -12,6 +12,12 @@ the same dataset under retrieval of another representation): two such results ar
 difference's interval is the percentile interval of the replicate differences). They
 come in blocks of ``BLOCK`` rows, each block from its own seed, so a block never holds more than BLOCK x n
 counts in memory, and the draws do not depend on how many blocks are used.
+
+By image (spec ``bootstrap_by: image``): items drawn from the same source image (the part crops of one image,
+the objects of one image) are not independent, so the resamples draw whole images instead. A task passes
+``clusters`` among its per-item arrays (an id per item: its image, ``Samples.clusters()``); the counts are drawn
+over the m images and each item gets its image's count, so a task's ``resample`` sees item counts as before (and
+the all-ones row is still the data itself). The cluster ids enter the resample key.
 """
 from __future__ import annotations
 
@@ -28,13 +34,20 @@ METHOD = "percentile bootstrap"
 PREFIX = "bootstrap/"
 
 
-def resample_key(seed: int, items, resamples: int) -> str:
-    """Names the resamples of a unit from the seed, the item keys (in order) and B: equal keys, equal resamples
-    (the pairing of two results rests on it)."""
+def resample_key(seed: int, items, resamples: int, clusters: np.ndarray | None = None) -> str:
+    """Names the resamples of a unit from the seed, the item keys (in order), B and the items' cluster indices
+    when drawn by cluster: equal keys, equal resamples (the pairing of two results rests on it)."""
     h = hashlib.sha256(f"{int(seed)}\t{int(resamples)}\t{len(items)}\n".encode())
     for k in items:
         h.update(f"{k}\n".encode())
+    if clusters is not None:
+        h.update(b"clusters\n" + np.ascontiguousarray(clusters, dtype="<i8").tobytes())
     return h.hexdigest()[:16]
+
+
+def cluster_index(clusters) -> np.ndarray:
+    """Cluster ids (any values, one per item) as indices 0..m-1, numbered in the sorted order of the ids."""
+    return np.unique(np.asarray(clusters), return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
 def count_blocks(key: str, n: int, resamples: int) -> Iterator[np.ndarray]:
@@ -52,21 +65,27 @@ class Resampler:
     """The count blocks of the units of a run, drawn once per item set and reused for every encoder (kept while
     they fit in ``budget`` bytes; beyond that they are drawn again, identically)."""
 
-    def __init__(self, seed: int, resamples: int, budget: int = 256 << 20):
-        self.seed, self.resamples, self.budget = int(seed), int(resamples), budget
+    def __init__(self, seed: int, resamples: int, budget: int = 256 << 20, by: str = "item"):
+        self.seed, self.resamples, self.budget, self.by = int(seed), int(resamples), budget, by
         self._kept: dict[str, list[np.ndarray]] = {}
         self._bytes = 0
 
-    def key(self, items) -> str:
-        return resample_key(self.seed, items, self.resamples)
+    def key(self, items, clusters: np.ndarray | None = None) -> str:
+        return resample_key(self.seed, items, self.resamples, clusters)
 
-    def blocks(self, key: str, n: int) -> list[np.ndarray] | Iterator[np.ndarray]:
+    def blocks(self, key: str, n: int, clusters: np.ndarray | None = None) -> list[np.ndarray] | Iterator[np.ndarray]:
+        """Count blocks [b, n]; with ``clusters`` (indices 0..m-1 per item) drawn over the m clusters and
+        expanded to their items."""
         if key in self._kept:
             return self._kept[key]
+        if clusters is None:
+            drawn = count_blocks(key, n, self.resamples)
+        else:
+            drawn = (blk[:, clusters] for blk in count_blocks(key, int(clusters.max()) + 1, self.resamples))
         size = self.resamples * n * 4
         if self._bytes + size > self.budget:
-            return count_blocks(key, n, self.resamples)
-        self._kept[key] = list(count_blocks(key, n, self.resamples))
+            return drawn
+        self._kept[key] = list(drawn)
         self._bytes += size
         return self._kept[key]
 

@@ -87,7 +87,8 @@ def across_runs(dir_a, dir_b) -> list[dict]:
             continue
         if (ra["intervals"].get("resample_key") != (rb.get("intervals") or {}).get("resample_key")):
             raise HarnessError(f"harness compare: unit {unit} was resampled differently in {dir_a} and {dir_b} "
-                               "(another seed, other items or another number of resamples): its results are not paired")
+                               "(another seed, other items, another number of resamples or another bootstrap_by): its results are "
+                               "not paired")
         found = paired_difference(ra, rb, dir_a, dir_b)
         if found:
             rows.append({"task": ra["task"], "dataset": ra["dataset"], "a": f"{ra['encoder']} (A)",

@@ -55,6 +55,8 @@ RESULT_SCHEMA: dict = {
         "intervals": {"type": "object", "required": ["method", "level", "resamples", "items", "resample_key", "ci95"],
                       "properties": {"method": {"type": "string"}, "level": {"type": "number"},
                                      "resamples": {"type": "integer"}, "items": {"type": "integer"},
+                                     "by": {"type": "string", "enum": ["item", "image"]},
+                                     "clusters": {"type": "integer"},
                                      "resample_key": {"type": "string"},
                                      "ci95": {"type": "object", "additionalProperties": {
                                          "type": ["array", "null"], "items": {"type": "number"}}}}},
@@ -68,7 +70,8 @@ RESULT_SCHEMA: dict = {
         "warnings": {"type": "array", "items": {"type": "string"}},
         "config": {"type": "object", "required": ["encoder", "dataset", "task", "seed"],
                    "properties": {"encoder": _ENTRY, "dataset": _ENTRY, "task": _ENTRY, "seed": {"type": "integer"},
-                                  "bootstrap": {"type": "integer"}}},
+                                  "bootstrap": {"type": "integer"},
+                                  "bootstrap_by": {"type": "string", "enum": ["item", "image"]}}},
         "key": {"type": "string", "minLength": 16},
         "inputs": {"type": "object", "additionalProperties": {"type": "string"}},
         "plugins": {"type": "object", "required": ["encoder", "dataset", "task"],

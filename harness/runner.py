@@ -149,7 +149,7 @@ def _run_units(plan, out: Path, force, log, engine: FeatureEngine, dist, main: b
         for u in plan.units:
             if u.id not in done:
                 by_dataset.setdefault(u.dataset, []).append(u)
-        resampler = bootstrap.Resampler(plan.seed, plan.bootstrap)
+        resampler = bootstrap.Resampler(plan.seed, plan.bootstrap, by=plan.bootstrap_by)
         groups_touched: set = set()
         first_with: dict[str, str] = {}  # error text -> the first unit that failed with it
         for ds_name, units in by_dataset.items():
@@ -220,7 +220,7 @@ def _inputs(engine: FeatureEngine, dataset, splits) -> dict[str, str]:
 
 def _result_key(plan: Plan, unit: Unit, inputs: dict) -> str:
     return _digest({"core": CORE_VERSION, "identity": _identities(plan, unit), "seed": plan.seed, "inputs": inputs,
-                    "bootstrap": plan.bootstrap})
+                    "bootstrap": plan.bootstrap, **plan.bootstrap_identity()})
 
 
 def _finished_units(plan: Plan, out: Path, force: bool, engine: FeatureEngine, index: dict, log) -> dict:
@@ -279,6 +279,8 @@ def _what_changed(plan: Plan, unit: Unit, prev: dict, inputs: dict) -> str:
         return "the seed changed"
     if prev.get("config", {}).get("bootstrap") != plan.bootstrap:
         return "the number of bootstrap resamples changed"
+    if prev.get("config", {}).get("bootstrap_by", "item") != plan.bootstrap_by:
+        return f"the bootstrap now draws by {plan.bootstrap_by}"
     return "its configuration changed"
 
 
@@ -475,14 +477,17 @@ def _resampled(task: Task, per_seed: list[dict], metrics: dict, resampler, array
                         f"itself, the metric is {metrics.get(m)!r}")
     if not kept:
         return arrays, None, warnings
-    key = resampler.key(per_seed[0]["items"].tolist())
-    reps = bootstrap.replicates(task.resample, per_seed, resampler.blocks(key, n))
+    by_image = resampler.by == "image" and per_seed[0].get("clusters") is not None
+    clusters = bootstrap.cluster_index(per_seed[0]["clusters"]) if by_image else None
+    key = resampler.key(per_seed[0]["items"].tolist(), clusters)
+    reps = bootstrap.replicates(task.resample, per_seed, resampler.blocks(key, n, clusters))
     ci = {}
     for m in kept:
         arrays[bootstrap.PREFIX + m] = reps[m]
         ci[m] = bootstrap.interval(reps[m])
+    drawn = {"by": "image", "clusters": int(clusters.max()) + 1} if by_image else {"by": "item"}
     return arrays, {"method": bootstrap.METHOD, "level": bootstrap.LEVEL, "resamples": resampler.resamples,
-                    "items": n, "resample_key": key, "ci95": ci}, warnings
+                    "items": n, **drawn, "resample_key": key, "ci95": ci}, warnings
 
 
 def _write_per_item(out: Path, unit: Unit, arrays: dict) -> dict:

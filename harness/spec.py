@@ -22,7 +22,8 @@ from .cache import cache_dir_in_use
 from .plugins import Plugins, did_you_mean
 
 TOP_KEYS = {"include", "description", "encoders", "datasets", "tasks", "run", "seed", "device",
-            "output_dir", "cache_dir", "reference", "extraction", "bootstrap"}
+            "output_dir", "cache_dir", "reference", "extraction", "bootstrap", "bootstrap_by"}
+BOOTSTRAP_BY = ("item", "image")
 #: ``extraction:`` keys -> (smallest value, meaning); each is an integer
 EXTRACTION_KEYS = {"workers": (0, "data-loader worker processes (0: decode in the main process)"),
                    "encoders_per_pass": (1, "encoders fed by one pass over the data"),
@@ -299,6 +300,13 @@ class Plan:
     extraction: dict = field(default_factory=dict)
     #: bootstrap resamples per unit for the confidence intervals (0: none)
     bootstrap: int = 1000
+    #: what a resample draws: "item" (queries, test items, images) or "image" (the items of one source image
+    #: together, where the task gives its items' images: part and object crops)
+    bootstrap_by: str = "item"
+
+    def bootstrap_identity(self) -> dict:
+        """What enters result keys and configs beside B: nothing for the default, so older results stay valid."""
+        return {} if self.bootstrap_by == "item" else {"bootstrap_by": self.bootstrap_by}
 
     def unit_reference(self, unit: Unit) -> dict:
         return self.reference.get(unit.task, {}).get(unit.dataset, {}).get(unit.encoder, {})
@@ -312,7 +320,7 @@ class Plan:
         return {"encoder": {"name": unit.encoder, **c["encoders"][unit.encoder]},
                 "dataset": {"name": unit.dataset, **c["datasets"][unit.dataset]},
                 "task": {"name": unit.task, **c["tasks"][unit.task]},
-                "seed": self.seed, "bootstrap": self.bootstrap}
+                "seed": self.seed, "bootstrap": self.bootstrap, **self.bootstrap_identity()}
 
 
 def _check_device_available(device: str, where: str) -> None:
@@ -409,9 +417,13 @@ def build_plan(path: str | os.PathLike, plugins: Plugins, overrides=()) -> Plan:
     if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 0 or 0 < resamples < 100:
         raise SpecError(f"{where}: bootstrap: expected the number of bootstrap resamples, 0 (no intervals) or "
                         f"at least 100 (default 1000), got {resamples!r}")
+    by = raw.get("bootstrap_by", "item")
+    if by not in BOOTSTRAP_BY:
+        raise SpecError(f"{where}: bootstrap_by: expected {' or '.join(BOOTSTRAP_BY)} (what one resample draws), got "
+                        f"{by!r}{did_you_mean(str(by), BOOTSTRAP_BY)}")
     return Plan(path, raw, instances["encoders"], instances["datasets"], instances["tasks"], units, seed,
-                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction), resamples)
-
+                device, raw.get("output_dir"), raw.get("cache_dir"), config, reference, dict(extraction), resamples,
+                by)
 
 
 def _check_units(units, instances: dict, where: str) -> None:

@@ -51,36 +51,49 @@ def test_interval_is_the_percentile_interval_and_identical_replicates_differ_by_
     assert bootstrap.interval(np.full(5, np.nan)) is None
 
 
-def test_retrieval_statistic_equals_an_explicit_loop():
+def _image_blocks(rng, n, images=9):
+    """Counts of resamples drawn by image (``images`` images of random sizes): rows need not sum to n."""
+    clusters = bootstrap.cluster_index(rng.integers(0, images, n))
+    counts = np.concatenate(list(bootstrap.Resampler(0, 200).blocks("c" * 16, n, clusters)))
+    assert len(set(counts.sum(1).tolist())) > 1
+    return counts
+
+
+@pytest.mark.parametrize("by", ["item", "image"])
+def test_retrieval_statistic_equals_an_explicit_loop(by):
     rng = np.random.default_rng(1)
     n = 40
     labels = rng.integers(0, 4, n)
     ap = rng.random(n)
     ap[[3, 17]] = np.nan  # queries without positives count nowhere
     task = Retrieval("r", **validate_options(Retrieval.option_schema(), {}, "t"))
-    counts = _blocks(n)
+    counts = _blocks(n) if by == "item" else _image_blocks(rng, n)
     got = task.resample({"labels": labels, "AP": ap}, counts)
     for r, idx in enumerate(_rows(counts)):
         assert got["AP"][r] == pytest.approx(round(100 * mean_ap(ap[idx]), 6), abs=2e-6)
         assert got["mAP"][r] == pytest.approx(round(100 * class_mean_ap(ap[idx], labels[idx]), 6), abs=2e-6)
 
 
-def test_probe_statistic_equals_an_explicit_loop():
+@pytest.mark.parametrize("by", ["item", "image"])
+def test_probe_statistic_equals_an_explicit_loop(by):
+    """Also when images are drawn: then a resample holds as many items as its drawn images have, not n."""
     rng = np.random.default_rng(2)
     n, epochs = 30, 5
     per_item = {"items": np.arange(n).astype(str), "top1": rng.random((n, epochs)) < 0.6,
                 "topk": rng.random((n, epochs)) < 0.9, "top1_heldout": rng.random(n) < 0.5,
                 "topk_heldout": rng.random(n) < 0.8}
     task = LinearProbe("p", **validate_options(LinearProbe.option_schema(), {}, "t"))
-    counts = _blocks(n)
+    counts = _blocks(n) if by == "item" else _image_blocks(rng, n)
     got = task.resample(per_item, counts)
     for r, idx in enumerate(_rows(counts)):
-        acc = [100.0 * per_item["top1"][idx, e].sum() / n for e in range(epochs)]
+        m = len(idx)
+        acc = [100.0 * per_item["top1"][idx, e].sum() / m for e in range(epochs)]
         best = int(np.argmax(acc))
-        assert got["top1_best_epoch"][r] == max(acc)
-        assert got["top3_best_epoch"][r] == 100.0 * per_item["topk"][idx, best].sum() / n
-        assert got["top1_final"][r] == acc[-1]
-        assert got["top1_heldout"][r] == 100.0 * per_item["top1_heldout"][idx].sum() / n
+        assert got["top1_best_epoch"][r] == pytest.approx(max(acc), abs=1e-12)
+        assert got["top3_best_epoch"][r] == pytest.approx(100.0 * per_item["topk"][idx, best].sum() / m, abs=1e-12)
+        assert got["top1_final"][r] == pytest.approx(acc[-1], abs=1e-12)
+        assert got["top1_heldout"][r] == pytest.approx(100.0 * per_item["top1_heldout"][idx].sum() / m, abs=1e-12)
+        assert 0 <= got["top1_best_epoch"][r] <= 100
 
 
 def _areas(rng, n, C):
@@ -315,3 +328,85 @@ def test_runner_refuses_an_interval_whose_statistic_misses_the_metric_and_surviv
     assert warnings == ["no interval for m: its bootstrap statistic gives 3.0 on the data itself, the metric is 3.5"]
     arrays, found, warnings = _intervals(Broken("t"), per_item, {"m": 3.0}, None, resampler)
     assert found is None and "boom" in warnings[0] and "x" in arrays  # the per-item data are still written
+
+
+# -- by image: the items of one source image drawn together (bootstrap_by: image) ---------------------------------
+def test_by_image_every_item_of_an_image_gets_its_images_count():
+    clusters = bootstrap.cluster_index(np.array([7, 7, 3, 9, 3, 7]))
+    assert clusters.tolist() == [1, 1, 0, 2, 0, 1]
+    r = bootstrap.Resampler(0, 300, by="image")
+    items = [f"i{k}" for k in range(6)]
+    key = r.key(items, clusters)
+    assert key != r.key(items) and key == bootstrap.Resampler(0, 300).key(items, clusters)
+    blocks = list(r.blocks(key, 6, clusters))
+    counts = np.concatenate(blocks)
+    assert counts.shape == (300, 6) and counts.dtype == np.int32
+    for c in range(3):  # equal counts within an image ...
+        members = counts[:, clusters == c]
+        assert (members == members[:, :1]).all()
+    per_image = counts[:, [2, 0, 3]]  # ... and the images' counts are a draw of 3 images out of 3
+    assert (per_image.sum(1) == 3).all() and len({tuple(row) for row in per_image}) > 5
+
+
+def test_by_image_intervals_widen_when_an_images_items_move_together():
+    """Ten crops per image sharing their image's score: resampling crops treats 200 items as independent, resampling
+    images sees 20; the interval by image is about sqrt(10) wider."""
+    from harness.api import Task
+    from harness.runner import _intervals
+
+    class Mean(Task):
+        def resample(self, per_item, counts):
+            return {"m": counts @ per_item["x"] / counts.shape[1]}
+
+    rng = np.random.default_rng(0)
+    per_image = rng.normal(size=20)
+    x = np.repeat(per_image, 10)
+    per_item = [{"items": np.array([f"c{k}" for k in range(200)]), "x": x, "clusters": np.repeat(np.arange(20), 10)}]
+    metrics = {"m": float((np.ones((1, 200)) @ x / 200)[0])}
+    _, by_item, _ = _intervals(Mean("t"), per_item, metrics, None, bootstrap.Resampler(0, 1000))
+    _, by_image, _ = _intervals(Mean("t"), per_item, metrics, None, bootstrap.Resampler(0, 1000, by="image"))
+    width = lambda found: found["ci95"]["m"][1] - found["ci95"]["m"][0]  # noqa: E731
+    assert by_item["by"] == "item" and "clusters" not in by_item
+    assert by_image["by"] == "image" and by_image["clusters"] == 20 and by_image["items"] == 200
+    assert 2.5 < width(by_image) / width(by_item) < 4.5
+    # a task without clusters (e.g. segmentation: its items are images already) is drawn by item either way
+    plain = [{"items": per_item[0]["items"], "x": x}]
+    _, found, _ = _intervals(Mean("t"), plain, metrics, None, bootstrap.Resampler(0, 1000, by="image"))
+    assert found["by"] == "item" and found["ci95"] == by_item["ci95"]
+
+
+@pytest.mark.slow
+def test_by_image_on_part_crops_identical_encoders_still_differ_by_zero_and_a_switch_reruns(tmp_path):
+    from harness.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(DONE_WHEN.format(root=tmp_path / "gen", seeds="") + "bootstrap_by: image\n")
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--no-progress"]) == 0
+    by_image = {p.stem: json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))}
+    r = by_image["ret__parts__rv_a"]
+    with np.load(out / r["per_item"]["file"]) as f:
+        images = len(np.unique(f["clusters"]))
+    assert r["intervals"]["by"] == "image" and r["intervals"]["clusters"] == images < r["intervals"]["items"]
+    assert r["config"]["bootstrap_by"] == "image"
+    pairs = json.loads((out / "comparisons.json").read_text())
+    same = [p for p in pairs if {p["a"], p["b"]} == {"rv_a", "rv_b"}]
+    assert len(same) == 2 and all(p["difference"] == 0.0 and p["ci95"] == [0.0, 0.0] for p in same)
+    # back to the default: every unit is recomputed (the intervals changed), the metrics are the same
+    spec.write_text(DONE_WHEN.format(root=tmp_path / "gen", seeds=""))
+    assert main(["run", str(spec), "--out", str(out), "--no-progress"]) == 0
+    by_item = {p.stem: json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))}
+    for unit, r in by_item.items():
+        assert r["intervals"]["by"] == "item" and "bootstrap_by" not in r["config"]
+        assert r["metrics"] == by_image[unit]["metrics"] and r["key"] != by_image[unit]["key"]
+
+
+def test_bootstrap_by_must_be_item_or_image():
+    from harness.api import Plugins, SpecError, build_plan
+
+    from test_demo import DEMO
+
+    assert build_plan(DEMO, Plugins()).bootstrap_by == "item"
+    assert build_plan(DEMO, Plugins(), ["bootstrap_by=image"]).bootstrap_by == "image"
+    with pytest.raises(SpecError, match="bootstrap_by: expected item or image .*got 'images'.*did you mean 'image'"):
+        build_plan(DEMO, Plugins(), ["bootstrap_by=images"])

@@ -139,6 +139,9 @@ class CropSamples(Samples):
     def source(self, i: int):
         return self.paths[int(self.path_index[i])], tuple(int(v) for v in self.boxes[i])
 
+    def clusters(self) -> np.ndarray:
+        return self.path_index
+
     def fingerprint(self) -> str:
         """Keys and labels plus the boxes (not the absolute paths, so a moved dataset keeps its cache):
         a changed crop rule changes the feature-cache key."""

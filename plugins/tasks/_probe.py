@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.api import HarnessError, Option, Task
+from harness.api import HarnessError, Option, Task, clusters_of
 from harness.api import FeatureRequest
 from harness.api import transforms as _transforms
 
@@ -408,7 +408,8 @@ class ProbeTask(Task):
         held-out choice (its lr and epoch) got right."""
         hits = full.hits[lrs[0]]
         out = {"items": np.asarray(test_samples.keys, dtype=str),
-               "top1": np.stack(hits["test_top1"], 1), "topk": np.stack(hits["test_topk"], 1)}
+               "top1": np.stack(hits["test_top1"], 1), "topk": np.stack(hits["test_topk"], 1),
+               **clusters_of(test_samples)}
         choice = details.get("heldout_choice")
         if choice:
             chosen = full.hits[choice["base_lr"]]
@@ -420,7 +421,8 @@ class ProbeTask(Task):
         """Accuracies on the resampled test items: at the best epoch (chosen again on each resample, as the
         official best_acc1 is chosen on the test split; top-k at that epoch), at the final epoch, and at the
         held-out choice."""
-        n, K = counts.shape[1], self.k
+        # the items drawn per resample: n when items are drawn, the drawn images' items when images are
+        n, K = counts.sum(1, dtype=np.int64)[:, None], self.k
         top1 = 100.0 * weighted_sums(counts, per_item["top1"]) / n  # [b, epochs]
         topk = 100.0 * weighted_sums(counts, per_item["topk"]) / n
         best = np.argmax(top1, axis=1)  # the first maximum
@@ -428,8 +430,8 @@ class ProbeTask(Task):
         out = {"top1_best_epoch": top1[rows, best], f"top{K}_best_epoch": topk[rows, best],
                "top1_final": top1[:, -1], f"top{K}_final": topk[:, -1]}
         if "top1_heldout" in per_item:
-            out["top1_heldout"] = 100.0 * weighted_sums(counts, per_item["top1_heldout"]) / n
-            out[f"top{K}_heldout"] = 100.0 * weighted_sums(counts, per_item["topk_heldout"]) / n
+            out["top1_heldout"] = 100.0 * weighted_sums(counts, per_item["top1_heldout"]) / n[:, 0]
+            out[f"top{K}_heldout"] = 100.0 * weighted_sums(counts, per_item["topk_heldout"]) / n[:, 0]
         return out
 
     # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from harness.api import HarnessError, Option, Task, hookimpl
+from harness.api import HarnessError, Option, Task, clusters_of, hookimpl
 from harness.api import FeatureRequest
 
 from .resampling import class_sums, elementwise, nanmean_rows
@@ -170,7 +170,7 @@ class Retrieval(Task):
             "dataset_summary": dict(samples.summary),
         }
         per_item = {"items": np.asarray(samples.keys, dtype=str), "labels": labels, "AP": ap_arrays[chosen],
-                    **{f"AP.{r}": a for r, a in ap_arrays.items()}}
+                    **{f"AP.{r}": a for r, a in ap_arrays.items()}, **clusters_of(samples)}
         return {"metrics": metrics, "details": details, "artifacts": [str(npz)], "per_item": per_item}
 
     def resample(self, per_item, counts):
