@@ -218,10 +218,11 @@ def _check_wrong_file(cls: type, name: str, options: dict, wrong: dict | None, f
 
 
 def check_resample(task, produced: dict, metrics=None) -> dict:
-    """Check a task's bootstrap contract on what its ``run`` returned: ``per_item`` holds ``items``, and
+    """Check a task's bootstrap contract on what its ``run`` returned: ``per_item`` holds ``items``,
     ``task.resample`` on the identity resample (one row of ones) gives exactly the reported value of every
-    metric it returns, and of every one of ``metrics`` (default: the task's headline metrics). Returns the
-    values; raises AssertionError naming each mismatch."""
+    metric it returns, and of every one of ``metrics`` (default: the task's headline metrics), and drawing every
+    item twice gives the same values (resamples by image hold more or fewer than n items). Returns the values;
+    raises AssertionError naming each mismatch."""
     import numpy as np
 
     from .bootstrap import same_value
@@ -235,4 +236,11 @@ def check_resample(task, produced: dict, metrics=None) -> dict:
     bad = {m: (float(v[0]), produced["metrics"][m]) for m, v in values.items()
            if m in produced["metrics"] and not same_value(float(v[0]), produced["metrics"][m])}
     assert not bad, f"identity resample differs from the metrics (statistic, metric): {bad}"
+    # every item drawn twice is the same data: a statistic that divides by n instead of the items drawn (wrong
+    # when a resample draws whole images, bootstrap_by: image) gives twice the value here
+    doubled = task.resample(per_item, np.full((1, len(per_item["items"])), 2, np.int32))
+    off = {m: (float(doubled[m][0]), float(v[0])) for m, v in values.items() if m in doubled
+           and not same_value(float(v[0]), None) and not np.isclose(float(doubled[m][0]), float(v[0]), rtol=1e-9)}
+    assert not off, ("drawing every item twice changes the statistic (doubled, identity): "
+                     f"{off}; divide by the items drawn (counts.sum(1)), not by n")
     return {m: float(v[0]) for m, v in values.items()}

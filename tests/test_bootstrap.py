@@ -196,6 +196,15 @@ def test_check_resample_names_a_statistic_that_misses_the_metric():
     with pytest.raises(AssertionError, match="top1_final"):
         check_resample(task, {**ok, "metrics": {**ok["metrics"], "top1_final": 50.1}})
 
+    class OverN(LinearProbe):  # right only while every resample holds n items
+        def resample(self, per_item, counts):
+            return {"top1_final": 100.0 * (counts @ per_item["top1"][:, -1]) / counts.shape[1]}
+
+    broken = OverN("p", **validate_options(LinearProbe.option_schema(), {}, "t"))
+    with pytest.raises(AssertionError, match=r"drawing every item twice changes the statistic .*'top1_final': "
+                                             r"\(100.0, 50.0\).*divide by the items drawn"):
+        check_resample(broken, ok, metrics=["top1_final"])
+
 
 DONE_WHEN = """
 seed: 0
