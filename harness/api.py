@@ -595,6 +595,7 @@ from .threads import available_cores, default_threads  # noqa: E402
 _LAZY = {"Executor": "harness.execution", "encode": "harness.execution", "validate_options": "harness.spec",
          "Plugins": "harness.plugins", "build_plan": "harness.spec", "run_spec": "harness.runner",
          "FeatureCache": "harness.cache", "default_cache_dir": "harness.cache", "array_checksum": "harness.cache",
+         "taking_turns": "harness.cache", "pid_alive": "harness.cache",
          "FeatureEngine": "harness.features", "default_workers": "harness.loading", "load_batches": "harness.loading",
          "paired_difference": "harness.compare", "paired_differences": "harness.compare",
          "with_interval": "harness.report", "error_bars": "harness.report"}

@@ -114,6 +114,24 @@ def _lock(f, exclusive: bool, wait: bool = False) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def taking_turns(lock_path: Path):
+    """Hold an exclusive lock on ``lock_path`` (created, and left for the next user) for the block: processes
+    writing the same cache entry (torchrun ranks validating one split) take turns, so the second finds the
+    first's work. A folder that cannot be written, or a file system without locks, runs the block unlocked."""
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock_path, "a")
+    except OSError:
+        yield
+        return
+    _lock(f, exclusive=True, wait=True)
+    try:
+        yield
+    finally:
+        _release(f)
+
+
 def _release(f) -> None:
     """Unlock explicitly, then close: the lock belongs to the open file, which a forked child (a
     data-loader worker) may share, so closing our descriptor alone would not release it."""

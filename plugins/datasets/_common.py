@@ -4,7 +4,6 @@ images and option checks.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -15,27 +14,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from harness.api import HarnessError
-
-
-@contextlib.contextmanager
-def taking_turns(lock_path: Path):
-    """Hold an exclusive lock on ``lock_path`` (created, and left for the next user) for the block: writers of
-    the same cache entry (torchrun ranks validating the same split) take turns, so the second finds the first's
-    work. Where the platform or file system has no locks, the block runs unlocked."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        f = open(lock_path, "a")
-    except OSError:  # a cache folder that cannot be written: run unlocked
-        yield
-        return
-    with f:
-        try:
-            import fcntl
-
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        except (ImportError, OSError):
-            pass
-        yield
 
 
 def expand(path) -> Path:

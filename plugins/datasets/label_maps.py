@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from harness.api import HarnessError, SegSamples, default_cache_dir, progress
-
-from ._common import taking_turns
+from harness.api import HarnessError, SegSamples, default_cache_dir, progress, taking_turns
 
 #: bump when the checks change: older verdicts are then ignored
 CHECK_VERSION = 1

@@ -34,9 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from harness.api import HarnessError, SegSamples, default_cache_dir, progress
-
-from ._common import taking_turns
+from harness.api import HarnessError, SegSamples, default_cache_dir, pid_alive, progress, taking_turns
 
 #: bump when how maps are written changes: older folders are then ignored
 WRITE_VERSION = 1
@@ -109,13 +107,10 @@ def _sweep(parent: Path) -> None:
     """Temporary folders of writers that died (killed before they could remove their own) and are an hour old."""
     for p in parent.glob(".*.part"):
         try:
-            pid = int(p.name.rsplit(".", 2)[-2])
-            os.kill(pid, 0)
-            continue  # its writer runs
-        except (ValueError, ProcessLookupError):
+            if pid_alive(int(p.name.rsplit(".", 2)[-2])):
+                continue  # its writer runs
+        except ValueError:  # not a writer's name: judged by age alone
             pass
-        except PermissionError:
-            continue  # another user's running process
         try:
             if time.time() - p.stat().st_mtime > STALE_AFTER_S:
                 shutil.rmtree(p, ignore_errors=True)
@@ -126,8 +121,7 @@ def _sweep(parent: Path) -> None:
 def _write(folder: Path, entries, paint, suffix: str, num_classes: int, desc: str) -> None:
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.part")
     shutil.rmtree(tmp, ignore_errors=True)
-    if folder.parent.is_dir():
-        _sweep(folder.parent)
+    _sweep(folder.parent)  # the parent exists: the lock file beside the folder is in it
     try:
         (tmp / "img").mkdir(parents=True)
         (tmp / "ann").mkdir()
