@@ -107,14 +107,9 @@ class ADE20KPart234(OVPartsDataset):
             return self._part_maps(split)
         path, coco, cats = self.instance_file(split)
         value_of = {c["id"]: k for k, c in enumerate(cats)}
-        by_image: dict = {}
-        for a in sorted(coco.dataset.get("annotations", []), key=lambda a: a["id"]):
-            if a.get("segmentation"):
-                by_image.setdefault(a["image_id"], []).append((value_of[a["category_id"]], a["segmentation"]))
         img_dir = self.root() / "images" / self.split_dirs[split]
-        return self.painted_maps(path, coco, [coco.imgs[i] for i in sorted(by_image)],
-                                 lambda im: img_dir / im["file_name"], by_image.__getitem__, IGNORE, "file",
-                                 [c.get("name", str(c["id"])) for c in cats], split, self.defaults,
+        return self.painted_maps(path, coco, lambda a: value_of[a["category_id"]], lambda im: img_dir / im["file_name"],
+                                 IGNORE, "file", [c.get("name", str(c["id"])) for c in cats], split, self.defaults,
                                  "instance masks in file order (as OV-PARTS' object_part_mapper), other pixels "
                                  "ignored (255)")
 
@@ -140,8 +135,7 @@ class ADE20KPart234(OVPartsDataset):
         for key, image in zip(samples.keys, samples.image_paths):
             with Image.open(image) as im:  # the header only
                 entries.append((key, Path(image), im.height, im.width))
-        return written_maps({"plugin": type(self).__name__, "version": self.version, "level": "part",
-                             "split": split, "rule": "16-bit maps, 65535 -> 255"}, samples.mask_paths, entries,
+        return written_maps(self.maps_ident(split, rule="16-bit maps, 65535 -> 255"), samples.mask_paths, entries,
                             paint, samples.classes, split, self.defaults, {"rule": "16-bit maps: 65535 -> 255"},
                             desc=f"{self.name} {split}: converting 16-bit part maps")
 

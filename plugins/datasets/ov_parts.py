@@ -18,8 +18,7 @@ from typing import Sequence
 
 from harness.api import HarnessError, Option
 
-from .label_maps import check_label_maps
-from .part_levels import LevelledDataset, label_map_samples, map_items
+from .part_levels import LevelledDataset, label_map_samples
 from .seg_folders import read_classes_file
 
 #: label-map folder of each level
@@ -72,9 +71,4 @@ class OVPartsDataset(LevelledDataset):
         return label_map_samples(img, ann, self.classes(), split, self.defaults)
 
     def read_items(self, split: str):
-        samples = self.map_samples(split)
-        check_label_maps(samples, f"{self.name} {split}: checking label maps")
-        summary: dict = {}
-        items = map_items(samples, {v: v for v in range(len(samples.classes))}, self.level in self.point_levels,
-                          summary)
-        return items, list(samples.classes), summary, samples.mask_paths
+        return self.map_crop_items(split)

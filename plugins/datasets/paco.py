@@ -116,15 +116,14 @@ class Paco(LevelledDataset):
             classes = [c["name"] for c in mine]
         else:
             value_of, classes = self.part_names(path, coco.dataset, mine)
-        by_image: dict = {}
-        for a in sorted(coco.dataset.get("annotations", []), key=lambda a: a["id"]):
-            if a["category_id"] in value_of and (a["id"] == a["obj_ann_id"]) == is_object and a.get("segmentation"):
-                by_image.setdefault(a["image_id"], []).append((value_of[a["category_id"]], a["segmentation"]))
         rule = (f"{'objects' if is_object else 'parts, by their bare part name (PACO part_categories),'} painted "
                 "larger first (a smaller one stays visible on a larger one); pixels no annotation covers are "
                 "ignored (255): PACO-LVIS annotations are not exhaustive")
-        return self.painted_maps(path, coco, [coco.imgs[i] for i in sorted(by_image)], self.image_file,
-                                 by_image.__getitem__, IGNORE, "area", classes, split, GEOMETRY, rule)
+
+        def value(a):  # this level's annotations only: objects are their own obj_ann_id
+            return value_of.get(a["category_id"]) if (a["id"] == a["obj_ann_id"]) == is_object else None
+
+        return self.painted_maps(path, coco, value, self.image_file, IGNORE, "area", classes, split, GEOMETRY, rule)
 
 @hookimpl
 def register_datasets(register):

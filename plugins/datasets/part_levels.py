@@ -153,24 +153,45 @@ class LevelledDataset(Dataset):
             self._read[key] = coco
         return self._read[key]
 
-    def painted_maps(self, path: Path, coco, images: list[dict], image_file, regions_of, fill: int, order: str,
-                     classes: Sequence[str], split: str, defaults: dict, rule: str) -> SegSamples:
-        """``written_maps`` of the instance file ``path``: one map per image entry of ``images`` (COCO image
-        dicts), filled with ``fill`` and painted with ``regions_of(image id)`` = [(value, segmentation)] in
-        ``order`` (``written_maps.paint_regions``); ``rule`` says how, in the maps' identity and summary."""
+    def map_crop_items(self, split: str, background: int | None = None, **summary) -> tuple[list, list[str], dict, list]:
+        """``read_items`` from the split's label maps (checked first): every value but ``background`` (the last
+        class, left out of the crops' classes) and 255 is a region, labelled by its value."""
+        samples = self.map_samples(split)
+        check_label_maps(samples, f"{self.name} {split}: checking label maps")
+        names = [c for v, c in enumerate(samples.classes) if v != background]
+        items = map_items(samples, {v: v for v in range(len(names))}, self.level in self.point_levels, summary)
+        return items, names, summary, samples.mask_paths
+
+    def maps_ident(self, split: str, **rule) -> dict:
+        """What identifies maps this entry writes (``written_maps``' ``ident``): plugin, version, level, split
+        and how they are made."""
+        return {"plugin": type(self).__name__, "version": self.version, "level": self.level, "split": split, **rule}
+
+    def painted_maps(self, path: Path, coco, value_of, image_file, fill: int, order: str, classes: Sequence[str],
+                     split: str, defaults: dict, rule: str, every_image: bool = False) -> SegSamples:
+        """``written_maps`` of the instance file ``path`` (its ``coco``): each annotation with a mask painted with
+        ``value_of(annotation)`` (None: left out), in id order, over ``fill`` (``written_maps.paint_regions``:
+        ``order`` ``file`` or ``area``); one map per image with something painted (per image of the file with
+        ``every_image``). ``rule`` says how, in the maps' identity and summary."""
+        regions: dict = {}
+        for iid, anns in coco.imgToAnns.items():
+            kept = [(v, a["segmentation"]) for a in sorted(anns, key=lambda a: a["id"])
+                    if a.get("segmentation") and (v := value_of(a)) is not None]
+            if kept:
+                regions[iid] = kept
+        images = [coco.imgs[i] for i in sorted(coco.imgs if every_image else regions)]
         entries = [(Path(im["file_name"]).stem, Path(image_file(im)), im["height"], im["width"]) for im in images]
-        ident = {"plugin": type(self).__name__, "version": self.version, "level": self.level, "split": split,
-                 "fill": fill, "order": order, "rule": rule}
 
         def paint(i: int):
             im = images[i]
             try:
-                return paint_regions(im["height"], im["width"], fill, regions_of(im["id"]), order)
+                return paint_regions(im["height"], im["width"], fill, regions.get(im["id"], []), order)
             except (ValueError, TypeError, KeyError, IndexError) as exc:  # pycocotools on a malformed mask
                 raise HarnessError(f"{path}: image {im['id']} ({im['file_name']}): a mask pycocotools cannot "
                                    f"decode ({type(exc).__name__}: {exc})") from None
 
-        return written_maps(ident, [path], entries, paint, classes, split, defaults, {"rule": rule},
+        return written_maps(self.maps_ident(split, fill=fill, order=order, rule=rule), [path], entries, paint,
+                            classes, split, defaults, {"rule": rule},
                             desc=f"{self.name} {split}: writing {self.level} label maps")
 
     # -- subclasses -----------------------------------------------------------------------------------

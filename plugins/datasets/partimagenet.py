@@ -28,7 +28,7 @@ from pathlib import Path
 
 from harness.api import HarnessError, Option, hookimpl
 
-from .part_levels import LevelledDataset, instance_items, label_map_samples, map_items, value_classes
+from .part_levels import LevelledDataset, instance_items, label_map_samples, value_classes
 
 SUPER = ["Quadruped", "Biped", "Fish", "Bird", "Snake", "Reptile", "Car", "Bicycle", "Boat", "Aeroplane", "Bottle"]
 _PARTS = [("Quadruped", "Head Body Foot Tail"), ("Biped", "Head Body Hand Foot Tail"), ("Fish", "Head Body Fin Tail"),
@@ -84,45 +84,27 @@ class PartImageNet(LevelledDataset):
     # -- OOD release: maps painted from the polygons ---------------------------------------------------
     def _ood_maps(self, split: str):
         path, coco, cats = self._ood_file(split)
-        by_image: dict = {}
-        for a in sorted(coco.dataset.get("annotations", []), key=lambda a: a["id"]):
-            by_image.setdefault(a["image_id"], []).append(a)
-        images = [coco.imgs[i] for i in sorted(by_image)]
         if self.level == "part":
             classes = value_classes({c: cats[c].get("name", f"part_{c}") for c in cats}, PART_BACKGROUND)
-
-            def regions_of(iid):
-                return [(a["category_id"], a["segmentation"]) for a in by_image[iid]]
-
+            value_of = lambda a: a["category_id"]  # noqa: E731
             rule = "parts painted larger first (a smaller part stays visible on a larger one), background 40"
             fill, order = PART_BACKGROUND, "area"
         else:
             classes = [*SUPER, "background"]
-
-            def regions_of(iid):
-                sup = self._super_of(by_image[iid], cats)
-                return [(SUPER.index(sup), a["segmentation"]) for a in by_image[iid]]
-
+            sup = {iid: SUPER.index(self._super_of(anns, cats)) for iid, anns in coco.imgToAnns.items() if anns}
+            value_of = lambda a: sup[a["image_id"]]  # noqa: E731
             rule = "the object: the union of its parts, labelled by their super-category; background 11"
             fill, order = len(SUPER), "file"
-        return self.painted_maps(path, coco, images, self._ood_image_file(split), regions_of, fill, order, classes,
-                                 split, GEOMETRY, rule)
+        return self.painted_maps(path, coco, value_of, self._ood_image_file(split), fill, order, classes, split,
+                                 GEOMETRY, rule)
 
     # -- crops ----------------------------------------------------------------------------------------
     def read_items(self, split: str):
         return self._seg_items(split) if self.release() == "seg" else self._ood_items(split)
 
     def _seg_items(self, split: str):
-        from .label_maps import check_label_maps
-
-        samples = self.map_samples(split)
-        check_label_maps(samples, f"{self.name} {split}: checking label maps")
-        background = PART_BACKGROUND if self.level == "part" else WHOLE_BACKGROUND
-        names = [c for v, c in enumerate(samples.classes) if v != background]
-        label_of = {v: v for v in range(len(names))}
-        summary = {"release": "PartImageNet_Seg"}
-        items = map_items(samples, label_of, self.level == "part", summary)
-        return items, names, summary, samples.mask_paths
+        return self.map_crop_items(split, PART_BACKGROUND if self.level == "part" else WHOLE_BACKGROUND,
+                                   release="PartImageNet_Seg")
 
     def _json(self, split: str) -> Path | None:
         root = self.root()
@@ -167,10 +149,7 @@ class PartImageNet(LevelledDataset):
                                             point=True, source=self.source)
         else:  # the object: the box around all parts of the image, labelled by their super-category
             objects = []
-            by_image: dict = {}
-            for a in data.get("annotations", []):
-                by_image.setdefault(a["image_id"], []).append(a)
-            for iid, anns in by_image.items():
+            for iid, anns in coco.imgToAnns.items():
                 x0, y0 = min(a["bbox"][0] for a in anns), min(a["bbox"][1] for a in anns)
                 x1 = max(a["bbox"][0] + a["bbox"][2] for a in anns)
                 y1 = max(a["bbox"][1] + a["bbox"][3] for a in anns)

@@ -90,14 +90,11 @@ class Spin(LevelledDataset):
         if too_big:
             raise HarnessError(f"{path}: category id {too_big[0]} does not fit an 8-bit label map (0..254)")
         classes = value_classes({c["id"]: str(c.get("name", c["id"])) for c in cats}, background)
-        by_image: dict = {}
-        for a in sorted(coco.dataset.get("annotations", []), key=lambda a: a["id"]):
-            by_image.setdefault(a["image_id"], []).append((a["category_id"], a["segmentation"]))
         images = self.image_dir(split)
-        return self.painted_maps(path, coco, [coco.imgs[i] for i in sorted(coco.imgs)],
-                                 lambda im: images / f"{im['file_name']}.JPEG",
-                                 lambda iid: by_image.get(iid, []), background, "file", classes, split, GEOMETRY,
-                                 f"spin-api rasterize_dataset: category id over background {background}, file order")
+        return self.painted_maps(path, coco, lambda a: a["category_id"], lambda im: images / f"{im['file_name']}.JPEG",
+                                 background, "file", classes, split, GEOMETRY,
+                                 f"spin-api rasterize_dataset: category id over background {background}, file order",
+                                 every_image=True)
 
     def rasterised_maps(self, split: str, ann: Path):
         path = self.root() / f"spin_{split}_{FILES[self.level]}.json"
